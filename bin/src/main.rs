@@ -1,0 +1,4 @@
+//! The `prima` command line.
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Quantization formats: block layouts, dequantization, activation quantization and dot products.

@@ -1,0 +1,118 @@
+//! A GGUF v3 writer: metadata and tensors out to any `Write`, laid out as llama.cpp expects.
+//!
+//! Used by tests (tiny models built in the test) and by tools that produce GGUF files.
+
+use std::io::{self, Write};
+
+use crate::reader::DEFAULT_ALIGNMENT;
+use crate::types::GgmlType;
+use crate::value::{Metadata, Value};
+
+/// A tensor to write: name, GGUF dims (row length first), type and raw block bytes.
+pub struct TensorToWrite<'a> {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ggml_type: GgmlType,
+    pub data: &'a [u8],
+}
+
+fn put_str(w: &mut impl Write, s: &str) -> io::Result<()> {
+    w.write_all(&(s.len() as u64).to_le_bytes())?;
+    w.write_all(s.as_bytes())
+}
+
+fn type_id(v: &Value) -> u32 {
+    match v {
+        Value::U8(_) => 0,
+        Value::I8(_) => 1,
+        Value::U16(_) => 2,
+        Value::I16(_) => 3,
+        Value::U32(_) => 4,
+        Value::I32(_) => 5,
+        Value::F32(_) => 6,
+        Value::Bool(_) => 7,
+        Value::String(_) => 8,
+        Value::Array(_) => 9,
+        Value::U64(_) => 10,
+        Value::I64(_) => 11,
+        Value::F64(_) => 12,
+    }
+}
+
+fn put_value(w: &mut impl Write, v: &Value) -> io::Result<()> {
+    match v {
+        Value::U8(x) => w.write_all(&x.to_le_bytes()),
+        Value::I8(x) => w.write_all(&x.to_le_bytes()),
+        Value::U16(x) => w.write_all(&x.to_le_bytes()),
+        Value::I16(x) => w.write_all(&x.to_le_bytes()),
+        Value::U32(x) => w.write_all(&x.to_le_bytes()),
+        Value::I32(x) => w.write_all(&x.to_le_bytes()),
+        Value::F32(x) => w.write_all(&x.to_le_bytes()),
+        Value::Bool(x) => w.write_all(&[u8::from(*x)]),
+        Value::String(s) => put_str(w, s),
+        Value::Array(items) => {
+            // An empty array is written as an array of u8, which is what gguf-py does too.
+            let elem = items.first().map(type_id).unwrap_or(0);
+            if items.iter().any(|it| type_id(it) != elem) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "array elements differ in type",
+                ));
+            }
+            w.write_all(&elem.to_le_bytes())?;
+            w.write_all(&(items.len() as u64).to_le_bytes())?;
+            items.iter().try_for_each(|it| put_value(w, it))
+        }
+        Value::U64(x) => w.write_all(&x.to_le_bytes()),
+        Value::I64(x) => w.write_all(&x.to_le_bytes()),
+        Value::F64(x) => w.write_all(&x.to_le_bytes()),
+    }
+}
+
+/// Writes a complete GGUF v3 file. Tensor data is aligned to `general.alignment` (default 32).
+pub fn write_gguf(
+    w: &mut impl Write,
+    metadata: &Metadata,
+    tensors: &[TensorToWrite<'_>],
+) -> io::Result<()> {
+    let alignment = metadata
+        .get("general.alignment")
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_ALIGNMENT);
+    let mut head = Vec::new();
+    head.extend_from_slice(b"GGUF");
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata.iter() {
+        put_str(&mut head, k)?;
+        head.extend_from_slice(&type_id(v).to_le_bytes());
+        put_value(&mut head, v)?;
+    }
+    let mut offset = 0u64;
+    let mut offsets = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        put_str(&mut head, &t.name)?;
+        head.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            head.extend_from_slice(&d.to_le_bytes());
+        }
+        head.extend_from_slice(&t.ggml_type.id().to_le_bytes());
+        head.extend_from_slice(&offset.to_le_bytes());
+        offsets.push(offset);
+        offset = (offset + t.data.len() as u64).next_multiple_of(alignment);
+    }
+    let pad = (head.len() as u64).next_multiple_of(alignment) - head.len() as u64;
+    head.resize(head.len() + pad as usize, 0);
+    w.write_all(&head)?;
+    let mut written = 0u64;
+    for (t, off) in tensors.iter().zip(offsets) {
+        let gap = off - written;
+        w.write_all(&vec![0u8; gap as usize])?;
+        w.write_all(t.data)?;
+        written = off + t.data.len() as u64;
+    }
+    let tail = written.next_multiple_of(alignment) - written;
+    w.write_all(&vec![0u8; tail as usize])?;
+    Ok(())
+}
