@@ -77,7 +77,7 @@ impl GgufFile {
             .data_offset
             .checked_add(info.offset)
             .ok_or_else(|| Error::MissingTensor(info.name.clone()))?;
-        let end = start.checked_add(info.n_bytes).unwrap_or(u64::MAX);
+        let end = start.saturating_add(info.n_bytes);
         self.map
             .get(start as usize..end as usize)
             .ok_or_else(|| Error::BadTensor {

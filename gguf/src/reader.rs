@@ -146,6 +146,13 @@ impl<'a> Cursor<'a> {
                     });
                 }
                 let elem_type = self.u32(&what)?;
+                // An unknown element type is rejected even when the array is empty.
+                if elem_type > 12 {
+                    return Err(Error::UnknownValueType {
+                        key: key.to_string(),
+                        type_id: elem_type,
+                    });
+                }
                 let len = self.u64(&what)?;
                 if len > ARRAY_LEN_MAX {
                     return Err(Error::LimitExceeded {
@@ -211,10 +218,18 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<Header> {
     let n_kv = count(&mut c, "metadata count", KV_COUNT_MAX)?;
 
     let mut entries = Vec::new();
+    let mut keys = std::collections::HashSet::new();
     for _ in 0..n_kv {
         let key = c.string("metadata key")?;
         let type_id = c.u32("metadata value type")?;
         let value = c.value(&key, type_id, 0)?;
+        // As in llama.cpp: a repeated key would make lookups silently see only the first.
+        if !keys.insert(key.clone()) {
+            return Err(Error::BadMetadata {
+                key,
+                msg: "appears more than once".into(),
+            });
+        }
         entries.push((key, value));
     }
     let metadata = Metadata::new(entries);
@@ -292,16 +307,19 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<Header> {
             .filter(|&n| n <= i64::MAX as u64)
             .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
         let row_len = dims.first().copied().unwrap_or(1);
-        let row_bytes = ggml_type.row_bytes(row_len).ok_or_else(|| {
-            bad(format!(
+        if !row_len.is_multiple_of(ggml_type.block_size() as u64) {
+            return Err(bad(format!(
                 "row length {row_len} is not a multiple of the {ggml_type} block size {}",
                 ggml_type.block_size()
-            ))
-        })?;
+            )));
+        }
+        let row_bytes = ggml_type
+            .row_bytes(row_len)
+            .ok_or_else(|| bad(format!("byte size of {dims:?} overflows")))?;
         let n_bytes = (n_elements / row_len)
             .checked_mul(row_bytes)
             .ok_or_else(|| bad(format!("byte size of {dims:?} overflows")))?;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(bad(format!(
                 "data offset {offset} is not a multiple of the alignment {alignment}"
             )));

@@ -1,1 +1,6 @@
 //! Quantization formats: block layouts, dequantization, activation quantization and dot products.
+
+pub mod activation;
+pub mod dequant;
+pub mod dot;
+pub mod tables;

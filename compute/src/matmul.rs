@@ -1,0 +1,323 @@
+//! Quantized matrix × activations: the one operation that reads the weights.
+//!
+//! Activations are quantized once per call to the weight type's companion 8-bit format
+//! (`vec_dot_type`), then every output element is one integer dot product of a weight row with
+//! an activation row. Work is split over weight rows, so a weight row is read once for all
+//! activation rows of the batch, and each output element is computed by exactly one thread: the
+//! result does not depend on the thread count.
+
+use gguf::GgmlType;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::quant::activation::{
+    quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
+use crate::quant::dequant::dequantize_row;
+use crate::quant::dot;
+
+/// The activation format a weight type's dot product consumes (ggml's `vec_dot_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VecDotType {
+    /// Weights are dequantized to f32 and multiplied with f32 activations.
+    F32,
+    Q8_0,
+    Q8_1,
+    Q8K,
+}
+
+/// Which activation format `ty` is multiplied with.
+pub fn vec_dot_type(ty: GgmlType) -> VecDotType {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL => VecDotType::Q8_0,
+        Q4_1 | Q5_1 => VecDotType::Q8_1,
+        Q2_K | Q4_K | Q5_K | Q6_K | IQ1_S => VecDotType::Q8K,
+        _ => VecDotType::F32,
+    }
+}
+
+/// A 2-D weight matrix viewed in place: `n_out` rows of `n_in` elements of type `ty`.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    pub ty: GgmlType,
+    pub n_in: usize,
+    pub n_out: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QMatrix<'a> {
+    /// Checks that `data` holds exactly `n_out` rows of `n_in` elements of `ty`.
+    pub fn new(
+        name: &str,
+        ty: GgmlType,
+        n_in: usize,
+        n_out: usize,
+        data: &'a [u8],
+    ) -> Result<QMatrix<'a>> {
+        let row = ty.row_bytes(n_in as u64).ok_or_else(|| Error::Shape {
+            name: name.to_string(),
+            msg: format!("row length {n_in} is not a multiple of the {ty} block size"),
+        })?;
+        if (row as usize).checked_mul(n_out) != Some(data.len()) {
+            return Err(Error::Shape {
+                name: name.to_string(),
+                msg: format!("{} bytes for {n_out} rows of {row} bytes", data.len()),
+            });
+        }
+        Ok(QMatrix {
+            ty,
+            n_in,
+            n_out,
+            data,
+        })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.data.len() / self.n_out.max(1)
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+}
+
+/// Activation rows quantized for one weight type. Reused between calls to avoid allocation.
+#[derive(Default)]
+pub struct QuantizedActs {
+    kind: Option<VecDotType>,
+    n_rows: usize,
+    n_in: usize,
+    f32: Vec<f32>,
+    q8_0: Vec<BlockQ8_0>,
+    q8_1: Vec<BlockQ8_1>,
+    q8k: Vec<BlockQ8K>,
+    tmp0: Vec<BlockQ8_0>,
+    tmp1: Vec<BlockQ8_1>,
+    tmpk: Vec<BlockQ8K>,
+}
+
+impl QuantizedActs {
+    /// Quantizes `x` (`n_rows` rows of `n_in`) to `kind`.
+    pub fn quantize(&mut self, kind: VecDotType, x: &[f32], n_in: usize) {
+        self.kind = Some(kind);
+        self.n_in = n_in;
+        self.n_rows = x.len() / n_in;
+        match kind {
+            VecDotType::F32 => {
+                self.f32.clear();
+                self.f32.extend_from_slice(x);
+            }
+            VecDotType::Q8_0 => {
+                self.q8_0.clear();
+                for row in x.chunks_exact(n_in) {
+                    quantize_q8_0(row, &mut self.tmp0);
+                    self.q8_0.extend_from_slice(&self.tmp0);
+                }
+            }
+            VecDotType::Q8_1 => {
+                self.q8_1.clear();
+                for row in x.chunks_exact(n_in) {
+                    quantize_q8_1(row, &mut self.tmp1);
+                    self.q8_1.extend_from_slice(&self.tmp1);
+                }
+            }
+            VecDotType::Q8K => {
+                self.q8k.clear();
+                for row in x.chunks_exact(n_in) {
+                    quantize_q8_k(row, &mut self.tmpk);
+                    self.q8k.extend_from_slice(&self.tmpk);
+                }
+            }
+        }
+    }
+}
+
+/// Dot product of weight row `w` (type `ty`) with activation row `t` of `acts`.
+fn dot_row(ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, scratch: &mut Vec<f32>) -> f32 {
+    use GgmlType::*;
+    let n = acts.n_in;
+    match acts.kind {
+        Some(VecDotType::Q8_0) => {
+            let a = &acts.q8_0[t * n / 32..(t + 1) * n / 32];
+            match ty {
+                Q4_0 => dot::vec_dot_q4_0_q8_0(w, a),
+                Q5_0 => dot::vec_dot_q5_0_q8_0(w, a),
+                Q8_0 => dot::vec_dot_q8_0_q8_0(w, a),
+                IQ4_NL => dot::vec_dot_iq4_nl_q8_0(w, a),
+                _ => unreachable!("{ty} is not multiplied with Q8_0"),
+            }
+        }
+        Some(VecDotType::Q8_1) => {
+            let a = &acts.q8_1[t * n / 32..(t + 1) * n / 32];
+            match ty {
+                Q4_1 => dot::vec_dot_q4_1_q8_1(w, a),
+                Q5_1 => dot::vec_dot_q5_1_q8_1(w, a),
+                _ => unreachable!("{ty} is not multiplied with Q8_1"),
+            }
+        }
+        Some(VecDotType::Q8K) => {
+            let a = &acts.q8k[t * n / 256..(t + 1) * n / 256];
+            match ty {
+                Q2_K => dot::vec_dot_q2_k_q8_k(w, a),
+                Q4_K => dot::vec_dot_q4_k_q8_k(w, a),
+                Q5_K => dot::vec_dot_q5_k_q8_k(w, a),
+                Q6_K => dot::vec_dot_q6_k_q8_k(w, a),
+                IQ1_S => dot::vec_dot_iq1_s_q8_k(w, a),
+                _ => unreachable!("{ty} is not multiplied with Q8_K"),
+            }
+        }
+        Some(VecDotType::F32) | None => {
+            scratch.resize(n, 0.0);
+            // The matrix was validated in `QMatrix::new`, so the row has the right length.
+            if dequantize_row(ty, w, scratch).is_err() {
+                return f32::NAN;
+            }
+            let x = &acts.f32[t * n..(t + 1) * n];
+            scratch.iter().zip(x).map(|(a, b)| a * b).sum()
+        }
+    }
+}
+
+/// Output rows handled per parallel task: large enough to amortise scheduling.
+const ROWS_PER_TASK: usize = 16;
+
+/// `out[t][r] = Σ_k w[r][k] · x[t][k]` for every activation row `t` of `x` (`n_rows × w.n_in`).
+/// `out` is `n_rows × w.n_out`; `tmp` is scratch reused between calls.
+pub fn matmul(
+    w: &QMatrix<'_>,
+    x: &[f32],
+    out: &mut [f32],
+    acts: &mut QuantizedActs,
+    tmp: &mut Vec<f32>,
+) {
+    let n_rows = x.len() / w.n_in;
+    assert_eq!(
+        x.len(),
+        n_rows * w.n_in,
+        "activation length is not a multiple of the row length"
+    );
+    assert_eq!(out.len(), n_rows * w.n_out, "output has the wrong length");
+    acts.quantize(vec_dot_type(w.ty), x, w.n_in);
+    let acts = &*acts;
+    let compute = |r0: usize, chunk: &mut [f32]| {
+        let mut scratch = Vec::new();
+        for (i, o) in chunk.chunks_exact_mut(n_rows).enumerate() {
+            let wr = w.row(r0 + i);
+            for (t, v) in o.iter_mut().enumerate() {
+                *v = dot_row(w.ty, wr, acts, t, &mut scratch);
+            }
+        }
+    };
+    if n_rows == 1 {
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(c, chunk)| compute(c * ROWS_PER_TASK, chunk));
+        return;
+    }
+    tmp.resize(n_rows * w.n_out, 0.0);
+    tmp.par_chunks_mut(ROWS_PER_TASK * n_rows)
+        .enumerate()
+        .for_each(|(c, chunk)| compute(c * ROWS_PER_TASK, chunk));
+    for r in 0..w.n_out {
+        for t in 0..n_rows {
+            out[t * w.n_out + r] = tmp[r * n_rows + t];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::dequant::dequantize_row;
+
+    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect()
+    }
+
+    /// Random blocks of `ty` whose f16 scale fields are small finite numbers.
+    fn random_row(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
+        let mut b = bytes(ty.row_bytes(n as u64).unwrap() as usize, seed);
+        let ts = ty.type_size();
+        let scale_offsets: &[usize] = match ty {
+            GgmlType::Q4_0
+            | GgmlType::Q5_0
+            | GgmlType::Q8_0
+            | GgmlType::IQ4_NL
+            | GgmlType::IQ1_S => &[0],
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+            GgmlType::Q2_K => &[80, 82],
+            GgmlType::Q6_K => &[208],
+            _ => &[],
+        };
+        for blk in b.chunks_exact_mut(ts) {
+            for &o in scale_offsets {
+                let v = half::f16::from_f32(0.01 + (blk[o] as f32) / 5000.0)
+                    .to_bits()
+                    .to_le_bytes();
+                blk[o] = v[0];
+                blk[o + 1] = v[1];
+            }
+        }
+        b
+    }
+
+    /// The activations as the kernel sees them after quantization, in f32.
+    fn dequantized_acts(acts: &QuantizedActs, n: usize) -> Vec<f64> {
+        match acts.kind {
+            Some(VecDotType::Q8_0) => acts.q8_0[..n / 32]
+                .iter()
+                .flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64))
+                .collect(),
+            Some(VecDotType::Q8_1) => acts.q8_1[..n / 32]
+                .iter()
+                .flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64))
+                .collect(),
+            Some(VecDotType::Q8K) => acts.q8k[..n / 256]
+                .iter()
+                .flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64))
+                .collect(),
+            _ => acts.f32[..n].iter().map(|&v| v as f64).collect(),
+        }
+    }
+
+    #[test]
+    fn integer_dots_equal_dequantized_f64_dots() {
+        // Goal: each type's integer dot equals Σ dequant(w)·dequant(act) computed in f64.
+        use GgmlType::*;
+        let n = 512;
+        for ty in [
+            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q4_K, Q5_K, Q6_K, IQ1_S,
+        ] {
+            for seed in 1..4u64 {
+                let w = random_row(ty, n, seed * 7919 + ty.id() as u64);
+                let x: Vec<f32> = bytes(n, seed)
+                    .iter()
+                    .map(|&b| (b as f32 - 128.0) / 37.0)
+                    .collect();
+                let mut acts = QuantizedActs::default();
+                acts.quantize(vec_dot_type(ty), &x, n);
+                let got = dot_row(ty, &w, &acts, 0, &mut Vec::new()) as f64;
+                let mut wf = vec![0.0f32; n];
+                dequantize_row(ty, &w, &mut wf).unwrap();
+                let a = dequantized_acts(&acts, n);
+                let want: f64 = wf.iter().zip(&a).map(|(&w, &a)| w as f64 * a).sum();
+                let scale: f64 = wf.iter().zip(&a).map(|(&w, &a)| (w as f64 * a).abs()).sum();
+                assert!(
+                    (got - want).abs() <= 1e-5 * scale.max(1e-6),
+                    "{ty} seed {seed}: {got} vs {want} (scale {scale})"
+                );
+            }
+        }
+    }
+}

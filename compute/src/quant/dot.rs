@@ -1,0 +1,299 @@
+//! Scalar reference dot products of one quantized weight row with quantized activations.
+//!
+//! These are the oracles the SIMD kernels are tested against, and the fallback on every CPU.
+//! Each follows ggml's integer formulation for its type (integer sums per sub-block, scaled
+//! once per sub-block), so results match llama.cpp's up to float summation order.
+//! Callers guarantee `w.len()` is the row's byte size and the activations cover the same
+//! number of elements; the matmul layer checks this once per matrix.
+
+// The loops index two arrays at `j` and `j + 16` (low and high nibbles), which reads closer to
+// the block layout than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
+use half::f16;
+
+use super::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use super::tables::{IQ1S_GRID, KVALUES_IQ4NL};
+
+/// `IQ1S_DELTA` from ggml-common.h: the offset added to every IQ1_S grid value.
+const IQ1S_DELTA: f32 = 0.125;
+
+#[inline]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// Q4_0 (18-byte blocks: f16 d, 16 bytes of nibbles) · Q8_0.
+pub fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (blk, y) in w.chunks_exact(18).zip(a) {
+        let d = f16_at(blk, 0);
+        let qs = &blk[2..18];
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let lo = (qs[j] & 0x0F) as i32 - 8;
+            let hi = (qs[j] >> 4) as i32 - 8;
+            sumi += lo * y.qs[j] as i32 + hi * y.qs[j + 16] as i32;
+        }
+        sum += sumi as f32 * d * y.d;
+    }
+    sum
+}
+
+/// Q4_1 (20-byte blocks: f16 d, f16 m, 16 bytes of nibbles) · Q8_1.
+pub fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+    let mut sum = 0.0f32;
+    for (blk, y) in w.chunks_exact(20).zip(a) {
+        let d = f16_at(blk, 0);
+        let m = f16_at(blk, 2);
+        let qs = &blk[4..20];
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            sumi +=
+                (qs[j] & 0x0F) as i32 * y.qs[j] as i32 + (qs[j] >> 4) as i32 * y.qs[j + 16] as i32;
+        }
+        sum += (d * y.d) * sumi as f32 + m * y.s;
+    }
+    sum
+}
+
+/// Q5_0 (22-byte blocks: f16 d, u32 high bits, 16 bytes of nibbles) · Q8_0.
+pub fn vec_dot_q5_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (blk, y) in w.chunks_exact(22).zip(a) {
+        let d = f16_at(blk, 0);
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        let qs = &blk[6..22];
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let h0 = ((qh >> j) << 4) & 0x10;
+            let h1 = (qh >> (j + 12)) & 0x10;
+            let x0 = ((qs[j] & 0x0F) as u32 | h0) as i32 - 16;
+            let x1 = ((qs[j] >> 4) as u32 | h1) as i32 - 16;
+            sumi += x0 * y.qs[j] as i32 + x1 * y.qs[j + 16] as i32;
+        }
+        sum += sumi as f32 * d * y.d;
+    }
+    sum
+}
+
+/// Q5_1 (24-byte blocks: f16 d, f16 m, u32 high bits, 16 bytes of nibbles) · Q8_1.
+pub fn vec_dot_q5_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+    let mut sum = 0.0f32;
+    for (blk, y) in w.chunks_exact(24).zip(a) {
+        let d = f16_at(blk, 0);
+        let m = f16_at(blk, 2);
+        let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+        let qs = &blk[8..24];
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let h0 = ((qh >> j) << 4) & 0x10;
+            let h1 = (qh >> (j + 12)) & 0x10;
+            let x0 = ((qs[j] & 0x0F) as u32 | h0) as i32;
+            let x1 = ((qs[j] >> 4) as u32 | h1) as i32;
+            sumi += x0 * y.qs[j] as i32 + x1 * y.qs[j + 16] as i32;
+        }
+        sum += (d * y.d) * sumi as f32 + m * y.s;
+    }
+    sum
+}
+
+/// Q8_0 (34-byte blocks: f16 d, 32 int8) · Q8_0.
+pub fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (blk, y) in w.chunks_exact(34).zip(a) {
+        let d = f16_at(blk, 0);
+        let sumi: i32 = blk[2..34]
+            .iter()
+            .zip(&y.qs)
+            .map(|(&q, &v)| q as i8 as i32 * v as i32)
+            .sum();
+        sum += sumi as f32 * d * y.d;
+    }
+    sum
+}
+
+/// IQ4_NL (18-byte blocks: f16 d, 16 bytes of indices into a non-linear table) · Q8_0.
+pub fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (blk, y) in w.chunks_exact(18).zip(a) {
+        let d = f16_at(blk, 0);
+        let qs = &blk[2..18];
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            sumi += KVALUES_IQ4NL[(qs[j] & 0x0F) as usize] as i32 * y.qs[j] as i32
+                + KVALUES_IQ4NL[(qs[j] >> 4) as usize] as i32 * y.qs[j + 16] as i32;
+        }
+        sum += d * y.d * sumi as f32;
+    }
+    sum
+}
+
+/// Q2_K (84-byte blocks: 16 scale/min bytes, 64 bytes of 2-bit quants, f16 d, f16 dmin) · Q8_K.
+pub fn vec_dot_q2_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (blk, y) in w.chunks_exact(84).zip(a) {
+        let sc = &blk[0..16];
+        let q2 = &blk[16..80];
+        let dall = y.d * f16_at(blk, 80);
+        let dmin = y.d * f16_at(blk, 82);
+        let summs: i32 = sc
+            .iter()
+            .zip(&y.bsums)
+            .map(|(&s, &b)| (s >> 4) as i32 * b as i32)
+            .sum();
+        let mut isum = 0i32;
+        let mut is = 0;
+        for k in 0..2 {
+            let q2 = &q2[k * 32..k * 32 + 32];
+            for j in 0..4 {
+                let shift = 2 * j;
+                let q8 = &y.qs[k * 128 + j * 32..k * 128 + j * 32 + 32];
+                for half in 0..2 {
+                    let d = (sc[is] & 0x0F) as i32;
+                    is += 1;
+                    let s: i32 = (half * 16..half * 16 + 16)
+                        .map(|l| q8[l] as i32 * ((q2[l] >> shift) & 3) as i32)
+                        .sum();
+                    isum += d * s;
+                }
+            }
+        }
+        sum += dall * isum as f32 - dmin * summs as f32;
+    }
+    sum
+}
+
+/// The 6-bit scale and min of sub-block `j` of a Q4_K/Q5_K block (ggml `get_scale_min_k4`).
+#[inline]
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Q4_K (144-byte blocks: f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles) · Q8_K.
+pub fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (blk, y) in w.chunks_exact(144).zip(a) {
+        let d = y.d * f16_at(blk, 0);
+        let dmin = y.d * f16_at(blk, 2);
+        let scales = &blk[4..16];
+        let qs = &blk[16..144];
+        let mut sumi = 0i32;
+        let mut summ = 0i32;
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, scales);
+            let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let shift = 4 * (j % 2);
+            let q8 = &y.qs[j * 32..j * 32 + 32];
+            let s: i32 = q
+                .iter()
+                .zip(q8)
+                .map(|(&b, &v)| ((b >> shift) & 0x0F) as i32 * v as i32)
+                .sum();
+            sumi += sc as i32 * s;
+            summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+        sum += d * sumi as f32 - dmin * summ as f32;
+    }
+    sum
+}
+
+/// Q5_K (176-byte blocks: f16 d, f16 dmin, 12 scale bytes, 32 high-bit bytes, 128 nibble bytes) · Q8_K.
+pub fn vec_dot_q5_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (blk, y) in w.chunks_exact(176).zip(a) {
+        let d = y.d * f16_at(blk, 0);
+        let dmin = y.d * f16_at(blk, 2);
+        let scales = &blk[4..16];
+        let qh = &blk[16..48];
+        let qs = &blk[48..176];
+        let mut sumi = 0i32;
+        let mut summ = 0i32;
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, scales);
+            let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let shift = 4 * (j % 2);
+            let q8 = &y.qs[j * 32..j * 32 + 32];
+            let s: i32 = (0..32)
+                .map(|l| {
+                    let v = ((q[l] >> shift) & 0x0F) | (((qh[l] >> j) & 1) << 4);
+                    v as i32 * q8[l] as i32
+                })
+                .sum();
+            sumi += sc as i32 * s;
+            summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+        sum += d * sumi as f32 - dmin * summ as f32;
+    }
+    sum
+}
+
+/// Q6_K (210-byte blocks: 128 low-nibble bytes, 64 high-bit bytes, 16 int8 scales, f16 d) · Q8_K.
+pub fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    let mut vals = [0i8; 256];
+    for (blk, y) in w.chunks_exact(210).zip(a) {
+        let ql = &blk[0..128];
+        let qh = &blk[128..192];
+        let scales = &blk[192..208];
+        let d = f16_at(blk, 208) * y.d;
+        for half in 0..2 {
+            let ql = &ql[half * 64..half * 64 + 64];
+            let qh = &qh[half * 32..half * 32 + 32];
+            let out = &mut vals[half * 128..half * 128 + 128];
+            for l in 0..32 {
+                out[l] = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i8 - 32;
+                out[l + 32] = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                out[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                out[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+            }
+        }
+        let mut sumi = 0i32;
+        for (j, &sc) in scales.iter().enumerate() {
+            let s: i32 = (j * 16..j * 16 + 16)
+                .map(|l| vals[l] as i32 * y.qs[l] as i32)
+                .sum();
+            sumi += sc as i8 as i32 * s;
+        }
+        sum += d * sumi as f32;
+    }
+    sum
+}
+
+/// IQ1_S (50-byte blocks: f16 d, 32 grid-index bytes, 8 u16 of high index bits/scale/sign) · Q8_K.
+pub fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (blk, y) in w.chunks_exact(50).zip(a) {
+        let d = f16_at(blk, 0);
+        let qs = &blk[2..34];
+        let mut sumi = 0i32;
+        let mut sumi1 = 0i32;
+        for ib in 0..8 {
+            let qh = u16::from_le_bytes([blk[34 + 2 * ib], blk[35 + 2 * ib]]) as u32;
+            let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
+            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
+            let mut lsum = 0i32;
+            for l in 0..4 {
+                let idx = qs[4 * ib + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
+                let grid = IQ1S_GRID[idx].to_le_bytes();
+                let q8 = &y.qs[ib * 32 + l * 8..ib * 32 + l * 8 + 8];
+                lsum += grid
+                    .iter()
+                    .zip(q8)
+                    .map(|(&g, &v)| g as i8 as i32 * v as i32)
+                    .sum::<i32>();
+            }
+            sumi += ls * lsum;
+            sumi1 += ls * delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);
+        }
+        sum += d * y.d * (sumi as f32 + IQ1S_DELTA * sumi1 as f32);
+    }
+    sum
+}

@@ -1,0 +1,83 @@
+//! One sequence on a whole (single-device) model: prompt processing and decode steps over a
+//! KV cache. The ring splits the same steps across nodes; this is the one-device path.
+
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::model::{Model, Scratch};
+
+/// Prompt tokens processed per forward call: bounds scratch memory on long prompts.
+pub const PREFILL_CHUNK: usize = 256;
+
+/// A sequence's state: its KV cache and how many positions it holds.
+pub struct Session<'m> {
+    model: &'m Model,
+    kv: KvCache,
+    scratch: Scratch,
+    hidden: Vec<f32>,
+    positions: Vec<usize>,
+    n_past: usize,
+}
+
+impl<'m> Session<'m> {
+    /// A session with room for `n_ctx` positions. The model must hold every layer and both ends.
+    pub fn new(model: &'m Model, n_ctx: usize) -> Result<Session<'m>> {
+        if model.spec.layers != (0..model.hp.n_layer) || !model.spec.embedding || !model.spec.output
+        {
+            return Err(Error::NotLoaded(
+                "whole model (a session needs every layer)",
+            ));
+        }
+        Ok(Session {
+            model,
+            kv: model.new_kv_cache(n_ctx),
+            scratch: Scratch::default(),
+            hidden: Vec::new(),
+            positions: Vec::new(),
+            n_past: 0,
+        })
+    }
+
+    /// Positions held so far.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.kv.n_ctx
+    }
+
+    /// Forgets everything from position `n` on (the next token goes to position `n`).
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+
+    /// Appends `tokens` to the sequence and writes the logits of the last one into `logits`.
+    pub fn feed(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::BadHParam("no tokens to process".into()));
+        }
+        if self.n_past + tokens.len() > self.kv.n_ctx {
+            return Err(Error::ContextFull {
+                n_ctx: self.kv.n_ctx,
+            });
+        }
+        let e = self.model.hp.n_embd;
+        let n_layer = self.model.hp.n_layer;
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            self.model.embed(chunk, &mut self.hidden)?;
+            self.positions.clear();
+            self.positions
+                .extend(self.n_past..self.n_past + chunk.len());
+            self.model.forward_layers(
+                0..n_layer,
+                &mut self.hidden,
+                &self.positions,
+                &mut self.kv,
+                &mut self.scratch,
+            )?;
+            self.n_past += chunk.len();
+        }
+        let last = &self.hidden[self.hidden.len() - e..];
+        self.model.logits(last, logits, &mut self.scratch)
+    }
+}
