@@ -4,10 +4,12 @@
 //! This is the leaf crate of the workspace: it knows nothing of compute, actors or networking.
 //! Every function returns `Err`, and never panics, on any byte sequence.
 
+pub mod chat;
 pub mod error;
 pub mod file;
 pub mod limits;
 pub mod reader;
+pub mod tokenizer;
 pub mod types;
 pub mod value;
 pub mod writer;
@@ -15,6 +17,7 @@ pub mod writer;
 pub use error::{Error, Result};
 pub use file::GgufFile;
 pub use reader::{parse_header, Header, TensorInfo};
+pub use tokenizer::{StreamDecoder, Tokenizer};
 pub use types::GgmlType;
 pub use value::{Metadata, Value};
 pub use writer::{write_gguf, TensorToWrite};
