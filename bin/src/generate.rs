@@ -30,24 +30,14 @@ impl SamplingArgs {
 
 /// Opens a GGUF file with an error that says which file and why.
 pub fn open_gguf(path: &std::path::Path) -> Result<Arc<GgufFile>> {
-    let f =
-        GgufFile::open(path).with_context(|| format!("cannot load model {}", path.display()))?;
+    let f = GgufFile::open(path).with_context(|| format!("cannot load model {}", path.display()))?;
     Ok(Arc::new(f))
 }
 
 /// Sizes the global rayon pool once.
 pub fn init_threads(threads: Option<usize>) -> Result<usize> {
-    let n = threads
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
-        .max(1);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global()
-        .context("cannot start the compute threads")?;
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot start the compute threads")?;
     Ok(n)
 }
 
@@ -75,12 +65,7 @@ struct Stats {
 
 impl Generation<'_> {
     /// Feeds `prompt` (new tokens only), then samples up to `n_predict` tokens, writing text to `out`.
-    fn generate(
-        &mut self,
-        prompt: &[u32],
-        n_predict: usize,
-        out: &mut impl Write,
-    ) -> Result<(Vec<u32>, Stats)> {
+    fn generate(&mut self, prompt: &[u32], n_predict: usize, out: &mut impl Write) -> Result<(Vec<u32>, Stats)> {
         let t0 = Instant::now();
         for &t in prompt {
             self.sampler.accept(t);
@@ -110,12 +95,8 @@ impl Generation<'_> {
         }
         out.write_all(dec.flush().as_bytes())?;
         out.flush()?;
-        let stats = Stats {
-            n_prompt: prompt.len(),
-            prompt_s,
-            n_gen: generated.len(),
-            gen_s: t1.elapsed().as_secs_f64(),
-        };
+        let stats =
+            Stats { n_prompt: prompt.len(), prompt_s, n_gen: generated.len(), gen_s: t1.elapsed().as_secs_f64() };
         Ok((generated, stats))
     }
 }
@@ -138,14 +119,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     let threads = init_threads(a.threads)?;
     let f = open_gguf(&a.model)?;
     let tok = Tokenizer::from_metadata(f.metadata()).context("cannot build the tokenizer")?;
-    let hp = compute::HParams::from_metadata(f.metadata())
-        .context("cannot read the model's hyper-parameters")?;
-    let model = Model::load(f.clone(), LoadSpec::full(hp.n_layer))
-        .context("cannot load the model weights")?;
-    let n_ctx = a
-        .ctx_size
-        .unwrap_or(hp.n_ctx_train.min(N_CTX_DEFAULT))
-        .max(1);
+    let hp = compute::HParams::from_metadata(f.metadata()).context("cannot read the model's hyper-parameters")?;
+    let model = Model::load(f.clone(), LoadSpec::full(hp.n_layer)).context("cannot load the model weights")?;
+    let n_ctx = a.ctx_size.unwrap_or(hp.n_ctx_train.min(N_CTX_DEFAULT)).max(1);
     tracing::info!(
         arch = hp.arch.name(),
         n_layer = hp.n_layer,
@@ -156,11 +132,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         "model loaded"
     );
     if tok.n_vocab() != model.n_vocab {
-        bail!(
-            "the tokenizer has {} tokens but the embedding has {} rows",
-            tok.n_vocab(),
-            model.n_vocab
-        );
+        bail!("the tokenizer has {} tokens but the embedding has {} rows", tok.n_vocab(), model.n_vocab);
     }
     let mut g = Generation {
         session: Session::new(&model, n_ctx)?,
@@ -177,10 +149,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         bail!("the prompt is empty: give one with -p, or use -cnv for chat");
     }
     if prompt.len() >= n_ctx {
-        bail!(
-            "the prompt has {} tokens, the context only {n_ctx} (raise -c)",
-            prompt.len()
-        );
+        bail!("the prompt has {} tokens, the context only {n_ctx} (raise -c)", prompt.len());
     }
     let (_, stats) = g.generate(&prompt, a.n_predict, &mut stdout.lock())?;
     report(&stats);
@@ -188,10 +157,7 @@ pub fn run(a: RunArgs) -> Result<()> {
 }
 
 fn chat(g: &mut Generation<'_>, f: &GgufFile, a: &RunArgs, out: &mut impl Write) -> Result<()> {
-    let template = f
-        .metadata()
-        .str_opt("tokenizer.chat_template")?
-        .map(str::to_string);
+    let template = f.metadata().str_opt("tokenizer.chat_template")?.map(str::to_string);
     let text_of = |id: Option<u32>| id.and_then(|i| g.tok.token_text(i)).unwrap_or("").to_string();
     let bos = text_of(g.tok.bos());
     let eos = text_of(g.tok.eos());
@@ -215,20 +181,13 @@ fn chat(g: &mut Generation<'_>, f: &GgufFile, a: &RunArgs, out: &mut impl Write)
         let text = gguf::chat::render_chat(template.as_deref(), &messages, true, &bos, &eos)?;
         let all = g.tok.encode(&text, true, true);
         // Reuse the cached prefix the new rendering shares with what the cache holds.
-        let common = all
-            .iter()
-            .zip(&in_cache)
-            .take_while(|(x, y)| x == y)
-            .count();
+        let common = all.iter().zip(&in_cache).take_while(|(x, y)| x == y).count();
         let common = common.min(all.len().saturating_sub(1));
         g.session.truncate(common);
         in_cache.truncate(common);
         let n_left = g.session.n_ctx().saturating_sub(all.len());
         if n_left == 0 {
-            bail!(
-                "the conversation no longer fits the context of {} tokens",
-                g.session.n_ctx()
-            );
+            bail!("the conversation no longer fits the context of {} tokens", g.session.n_ctx());
         }
         let (reply, stats) = g.generate(&all[common..], a.n_predict.min(n_left), out)?;
         writeln!(out)?;
@@ -237,9 +196,6 @@ fn chat(g: &mut Generation<'_>, f: &GgufFile, a: &RunArgs, out: &mut impl Write)
         in_cache.extend_from_slice(&reply);
         // The last sampled token may not have been fed: keep exactly what the cache holds.
         in_cache.truncate(g.session.n_past());
-        messages.push(gguf::chat::ChatMessage::new(
-            "assistant",
-            &g.tok.decode(&reply),
-        ));
+        messages.push(gguf::chat::ChatMessage::new("assistant", &g.tok.decode(&reply)));
     }
 }

@@ -95,16 +95,11 @@ pub struct TokenizeArgs {
 
 fn main() -> ExitCode {
     // clap's own `-cnv` spelling: accept the llama.cpp single-dash form too.
-    let args: Vec<String> = std::env::args()
-        .map(|a| if a == "-cnv" { "--cnv".to_string() } else { a })
-        .collect();
+    let args: Vec<String> = std::env::args().map(|a| if a == "-cnv" { "--cnv".to_string() } else { a }).collect();
     let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PRIMA_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PRIMA_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     let res = match cli.command {
         Command::Run(a) => generate::run(a),

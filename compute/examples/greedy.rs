@@ -15,10 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file = Arc::new(gguf::GgufFile::open(path)?);
     let hp = HParams::from_metadata(file.metadata())?;
     let model = Model::load(file.clone(), LoadSpec::full(hp.n_layer))?;
-    let prompt: Vec<u32> = ids
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()?;
+    let prompt: Vec<u32> = ids.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let mut s = Session::new(&model, 1024)?;
     let mut logits = Vec::new();
     let t0 = std::time::Instant::now();

@@ -9,19 +9,11 @@ use gguf::GgmlType;
 pub enum Error {
     /// A byte buffer does not hold exactly the bytes that `ty` needs for the element count.
     #[error("{ty}: expected {expected} bytes, got {actual}")]
-    BadLength {
-        ty: GgmlType,
-        expected: usize,
-        actual: usize,
-    },
+    BadLength { ty: GgmlType, expected: usize, actual: usize },
 
     /// An element count that is not a whole number of `ty` blocks (or whose byte size overflows).
     #[error("{ty}: {n_elements} elements is not a whole number of {block_size}-element blocks")]
-    NotBlockAligned {
-        ty: GgmlType,
-        n_elements: usize,
-        block_size: usize,
-    },
+    NotBlockAligned { ty: GgmlType, n_elements: usize, block_size: usize },
 
     /// A tensor with the wrong shape or byte size for its role.
     #[error("tensor {name:?}: {msg}")]

@@ -58,19 +58,13 @@ impl HParams {
         let dim = |k: &str| -> Result<usize> {
             let v = md.u64(&key(k))?;
             if v == 0 || v > DIM_MAX {
-                return Err(Error::BadHParam(format!(
-                    "{} = {v} is out of range",
-                    key(k)
-                )));
+                return Err(Error::BadHParam(format!("{} = {v} is out of range", key(k))));
             }
             Ok(v as usize)
         };
         let n_layer = md.u64(&key("block_count"))? as usize;
         if n_layer > 4096 {
-            return Err(Error::BadHParam(format!(
-                "{} = {n_layer} is out of range",
-                key("block_count")
-            )));
+            return Err(Error::BadHParam(format!("{} = {n_layer} is out of range", key("block_count"))));
         }
         let n_embd = dim("embedding_length")?;
         let n_ff = dim("feed_forward_length")?;
@@ -86,17 +80,11 @@ impl HParams {
         }
         let head_dim = match md.u64_opt(&key("attention.key_length"))? {
             Some(v) if v > 0 && v <= DIM_MAX => v as usize,
-            Some(v) => {
-                return Err(Error::BadHParam(format!(
-                    "attention.key_length = {v} is out of range"
-                )))
-            }
+            Some(v) => return Err(Error::BadHParam(format!("attention.key_length = {v} is out of range"))),
             None => n_embd / n_head,
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(Error::BadHParam(format!(
-                "head dimension {head_dim} must be even and non-zero"
-            )));
+            return Err(Error::BadHParam(format!("head dimension {head_dim} must be even and non-zero")));
         }
         let n_rot = match md.u64_opt(&key("rope.dimension_count"))? {
             Some(v) => v as usize,
@@ -114,17 +102,13 @@ impl HParams {
             "linear" => {
                 let f = md.f64_opt(&key("rope.scaling.factor"))?.unwrap_or(1.0);
                 if f <= 0.0 {
-                    return Err(Error::BadHParam(format!(
-                        "rope.scaling.factor {f} must be positive"
-                    )));
+                    return Err(Error::BadHParam(format!("rope.scaling.factor {f} must be positive")));
                 }
                 (1.0 / f) as f32
             }
             other => return Err(Error::Unsupported(format!("rope scaling type {other:?}"))),
         };
-        let rms_eps = md
-            .f64_opt(&key("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-5) as f32;
+        let rms_eps = md.f64_opt(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f32;
         let n_ctx_train = md.u64_opt(&key("context_length"))?.unwrap_or(4096) as usize;
         Ok(HParams {
             arch,

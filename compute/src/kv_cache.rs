@@ -16,12 +16,8 @@ impl KvCache {
         KvCache {
             n_ctx,
             n_embd_kv,
-            k: (0..n_layers)
-                .map(|_| vec![f16::ZERO; n_ctx * n_embd_kv])
-                .collect(),
-            v: (0..n_layers)
-                .map(|_| vec![f16::ZERO; n_ctx * n_embd_kv])
-                .collect(),
+            k: (0..n_layers).map(|_| vec![f16::ZERO; n_ctx * n_embd_kv]).collect(),
+            v: (0..n_layers).map(|_| vec![f16::ZERO; n_ctx * n_embd_kv]).collect(),
         }
     }
 

@@ -10,9 +10,7 @@ use gguf::GgmlType;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::quant::activation::{
-    quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1,
-};
+use crate::quant::activation::{quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::quant::dequant::dequantize_row;
 use crate::quant::dot;
 
@@ -48,13 +46,7 @@ pub struct QMatrix<'a> {
 
 impl<'a> QMatrix<'a> {
     /// Checks that `data` holds exactly `n_out` rows of `n_in` elements of `ty`.
-    pub fn new(
-        name: &str,
-        ty: GgmlType,
-        n_in: usize,
-        n_out: usize,
-        data: &'a [u8],
-    ) -> Result<QMatrix<'a>> {
+    pub fn new(name: &str, ty: GgmlType, n_in: usize, n_out: usize, data: &'a [u8]) -> Result<QMatrix<'a>> {
         let row = ty.row_bytes(n_in as u64).ok_or_else(|| Error::Shape {
             name: name.to_string(),
             msg: format!("row length {n_in} is not a multiple of the {ty} block size"),
@@ -65,12 +57,7 @@ impl<'a> QMatrix<'a> {
                 msg: format!("{} bytes for {n_out} rows of {row} bytes", data.len()),
             });
         }
-        Ok(QMatrix {
-            ty,
-            n_in,
-            n_out,
-            data,
-        })
+        Ok(QMatrix { ty, n_in, n_out, data })
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -185,19 +172,9 @@ const ROWS_PER_TASK: usize = 16;
 
 /// `out[t][r] = Σ_k w[r][k] · x[t][k]` for every activation row `t` of `x` (`n_rows × w.n_in`).
 /// `out` is `n_rows × w.n_out`; `tmp` is scratch reused between calls.
-pub fn matmul(
-    w: &QMatrix<'_>,
-    x: &[f32],
-    out: &mut [f32],
-    acts: &mut QuantizedActs,
-    tmp: &mut Vec<f32>,
-) {
+pub fn matmul(w: &QMatrix<'_>, x: &[f32], out: &mut [f32], acts: &mut QuantizedActs, tmp: &mut Vec<f32>) {
     let n_rows = x.len() / w.n_in;
-    assert_eq!(
-        x.len(),
-        n_rows * w.n_in,
-        "activation length is not a multiple of the row length"
-    );
+    assert_eq!(x.len(), n_rows * w.n_in, "activation length is not a multiple of the row length");
     assert_eq!(out.len(), n_rows * w.n_out, "output has the wrong length");
     acts.quantize(vec_dot_type(w.ty), x, w.n_in);
     let acts = &*acts;
@@ -211,15 +188,11 @@ pub fn matmul(
         }
     };
     if n_rows == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(c, chunk)| compute(c * ROWS_PER_TASK, chunk));
+        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, chunk)| compute(c * ROWS_PER_TASK, chunk));
         return;
     }
     tmp.resize(n_rows * w.n_out, 0.0);
-    tmp.par_chunks_mut(ROWS_PER_TASK * n_rows)
-        .enumerate()
-        .for_each(|(c, chunk)| compute(c * ROWS_PER_TASK, chunk));
+    tmp.par_chunks_mut(ROWS_PER_TASK * n_rows).enumerate().for_each(|(c, chunk)| compute(c * ROWS_PER_TASK, chunk));
     for r in 0..w.n_out {
         for t in 0..n_rows {
             out[t * w.n_out + r] = tmp[r * n_rows + t];
@@ -250,11 +223,7 @@ mod tests {
         let mut b = bytes(ty.row_bytes(n as u64).unwrap() as usize, seed);
         let ts = ty.type_size();
         let scale_offsets: &[usize] = match ty {
-            GgmlType::Q4_0
-            | GgmlType::Q5_0
-            | GgmlType::Q8_0
-            | GgmlType::IQ4_NL
-            | GgmlType::IQ1_S => &[0],
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::IQ1_S => &[0],
             GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
             GgmlType::Q2_K => &[80, 82],
             GgmlType::Q6_K => &[208],
@@ -262,9 +231,7 @@ mod tests {
         };
         for blk in b.chunks_exact_mut(ts) {
             for &o in scale_offsets {
-                let v = half::f16::from_f32(0.01 + (blk[o] as f32) / 5000.0)
-                    .to_bits()
-                    .to_le_bytes();
+                let v = half::f16::from_f32(0.01 + (blk[o] as f32) / 5000.0).to_bits().to_le_bytes();
                 blk[o] = v[0];
                 blk[o + 1] = v[1];
             }
@@ -275,18 +242,15 @@ mod tests {
     /// The activations as the kernel sees them after quantization, in f32.
     fn dequantized_acts(acts: &QuantizedActs, n: usize) -> Vec<f64> {
         match acts.kind {
-            Some(VecDotType::Q8_0) => acts.q8_0[..n / 32]
-                .iter()
-                .flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64))
-                .collect(),
-            Some(VecDotType::Q8_1) => acts.q8_1[..n / 32]
-                .iter()
-                .flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64))
-                .collect(),
-            Some(VecDotType::Q8K) => acts.q8k[..n / 256]
-                .iter()
-                .flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64))
-                .collect(),
+            Some(VecDotType::Q8_0) => {
+                acts.q8_0[..n / 32].iter().flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64)).collect()
+            }
+            Some(VecDotType::Q8_1) => {
+                acts.q8_1[..n / 32].iter().flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64)).collect()
+            }
+            Some(VecDotType::Q8K) => {
+                acts.q8k[..n / 256].iter().flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64)).collect()
+            }
             _ => acts.f32[..n].iter().map(|&v| v as f64).collect(),
         }
     }
@@ -296,15 +260,10 @@ mod tests {
         // Goal: each type's integer dot equals Σ dequant(w)·dequant(act) computed in f64.
         use GgmlType::*;
         let n = 512;
-        for ty in [
-            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q4_K, Q5_K, Q6_K, IQ1_S,
-        ] {
+        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q4_K, Q5_K, Q6_K, IQ1_S] {
             for seed in 1..4u64 {
                 let w = random_row(ty, n, seed * 7919 + ty.id() as u64);
-                let x: Vec<f32> = bytes(n, seed)
-                    .iter()
-                    .map(|&b| (b as f32 - 128.0) / 37.0)
-                    .collect();
+                let x: Vec<f32> = bytes(n, seed).iter().map(|&b| (b as f32 - 128.0) / 37.0).collect();
                 let mut acts = QuantizedActs::default();
                 acts.quantize(vec_dot_type(ty), &x, n);
                 let got = dot_row(ty, &w, &acts, 0, &mut Vec::new()) as f64;

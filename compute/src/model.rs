@@ -52,11 +52,7 @@ pub struct LoadSpec {
 impl LoadSpec {
     /// Everything: what `prima run` needs.
     pub fn full(n_layer: usize) -> LoadSpec {
-        LoadSpec {
-            layers: 0..n_layer,
-            embedding: true,
-            output: true,
-        }
+        LoadSpec { layers: 0..n_layer, embedding: true, output: true }
     }
 }
 
@@ -71,24 +67,31 @@ pub struct Model {
     output: Option<Weight>,
     rope_freqs: Option<Vec<f32>>,
     layers: Vec<LayerWeights>,
+    /// `PRIMA_DEBUG_SUMS`: print the sum of every intermediate tensor (compare with
+    /// llama.cpp's `llama-eval-callback` when chasing a numerical difference).
+    debug_sums: bool,
 }
 
-fn locate(
-    file: &GgufFile,
-    name: &str,
-    n_in: Option<usize>,
-    n_out: Option<usize>,
-) -> Result<Weight> {
-    let info = file
-        .tensor_info(name)
-        .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+fn debug_sum(on: bool, name: &str, il: usize, x: &[f32]) {
+    if on {
+        let s: f64 = x.iter().map(|&v| v as f64).sum();
+        eprintln!("{name}-{il} {s:.6}");
+        if let Some(dir) = std::env::var_os("PRIMA_DEBUG_DUMP") {
+            let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let path = std::path::Path::new(&dir).join(format!("{name}-{il}.f32"));
+            if let Err(e) = std::fs::write(&path, bytes) {
+                eprintln!("cannot write {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+fn locate(file: &GgufFile, name: &str, n_in: Option<usize>, n_out: Option<usize>) -> Result<Weight> {
+    let info = file.tensor_info(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
     let (cols, rows) = match info.dims.as_slice() {
         [c, r] => (*c as usize, *r as usize),
         dims => {
-            return Err(Error::Shape {
-                name: name.to_string(),
-                msg: format!("expected 2 dimensions, found {dims:?}"),
-            })
+            return Err(Error::Shape { name: name.to_string(), msg: format!("expected 2 dimensions, found {dims:?}") })
         }
     };
     if n_in.is_some_and(|n| n != cols) || n_out.is_some_and(|n| n != rows) {
@@ -134,9 +137,8 @@ impl Model {
             )));
         }
         let f = &*file;
-        let embd_info = f
-            .tensor_info("token_embd.weight")
-            .ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
+        let embd_info =
+            f.tensor_info("token_embd.weight").ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
         let n_vocab = embd_info.dims.get(1).copied().unwrap_or(0) as usize;
         let (e, q, kv, ff) = (hp.n_embd, hp.n_embd_q(), hp.n_embd_kv(), hp.n_ff);
         let mut layers = Vec::with_capacity(spec.layers.len());
@@ -145,9 +147,7 @@ impl Model {
             let bias = |s: &str, len: usize| -> Result<Option<Vec<f32>>> {
                 match hp.arch {
                     Arch::Qwen2 => vector(f, &n(s), len).map(Some),
-                    Arch::Llama if f.tensor_info(&n(s)).is_some() => {
-                        vector(f, &n(s), len).map(Some)
-                    }
+                    Arch::Llama if f.tensor_info(&n(s)).is_some() => vector(f, &n(s), len).map(Some),
                     Arch::Llama => Ok(None),
                 }
             };
@@ -166,12 +166,11 @@ impl Model {
                 down: locate(f, &n("ffn_down.weight"), Some(ff), Some(e))?,
             });
         }
-        let tok_embd =
-            if spec.embedding || (spec.output && f.tensor_info("output.weight").is_none()) {
-                Some(locate(f, "token_embd.weight", Some(e), None)?)
-            } else {
-                None
-            };
+        let tok_embd = if spec.embedding || (spec.output && f.tensor_info("output.weight").is_none()) {
+            Some(locate(f, "token_embd.weight", Some(e), None)?)
+        } else {
+            None
+        };
         let (output_norm, output) = if spec.output {
             let out = match f.tensor_info("output.weight") {
                 Some(_) => locate(f, "output.weight", Some(e), Some(n_vocab))?,
@@ -186,49 +185,28 @@ impl Model {
             Some(_) => Some(vector(f, "rope_freqs.weight", hp.n_rot / 2)?),
             None => None,
         };
-        Ok(Model {
-            file,
-            hp,
-            n_vocab,
-            spec,
-            tok_embd,
-            output_norm,
-            output,
-            rope_freqs,
-            layers,
-        })
+        let debug_sums = std::env::var_os("PRIMA_DEBUG_SUMS").is_some();
+        Ok(Model { file, hp, n_vocab, spec, tok_embd, output_norm, output, rope_freqs, layers, debug_sums })
     }
 
     fn matrix(&self, w: &Weight) -> QMatrix<'_> {
-        QMatrix {
-            ty: w.ty,
-            n_in: w.n_in,
-            n_out: w.n_out,
-            data: &self.file.bytes()[w.range.clone()],
-        }
+        QMatrix { ty: w.ty, n_in: w.n_in, n_out: w.n_out, data: &self.file.bytes()[w.range.clone()] }
     }
 
     /// The weights of layer `il` (absolute index), if this model part holds it.
     pub fn layer(&self, il: usize) -> Option<&LayerWeights> {
-        il.checked_sub(self.spec.layers.start)
-            .and_then(|i| self.layers.get(i))
+        il.checked_sub(self.spec.layers.start).and_then(|i| self.layers.get(i))
     }
 
     /// Writes the embeddings of `tokens` into `hidden` (`tokens.len() × n_embd`).
     pub fn embed(&self, tokens: &[u32], hidden: &mut Vec<f32>) -> Result<()> {
-        let w = self
-            .tok_embd
-            .as_ref()
-            .ok_or(Error::NotLoaded("token embedding"))?;
+        let w = self.tok_embd.as_ref().ok_or(Error::NotLoaded("token embedding"))?;
         let m = self.matrix(w);
         let e = self.hp.n_embd;
         hidden.resize(tokens.len() * e, 0.0);
         for (&t, row) in tokens.iter().zip(hidden.chunks_exact_mut(e)) {
             if t as usize >= m.n_out {
-                return Err(Error::BadToken {
-                    id: t,
-                    n_vocab: m.n_out,
-                });
+                return Err(Error::BadToken { id: t, n_vocab: m.n_out });
             }
             dequantize_row(m.ty, m.row(t as usize), row)?;
         }
@@ -288,32 +266,15 @@ impl Model {
         s.q.resize(n_tok * nq, 0.0);
         s.k.resize(n_tok * nkv, 0.0);
         s.v.resize(n_tok * nkv, 0.0);
-        matmul(
-            &self.matrix(&lw.wq),
-            &s.xn,
-            &mut s.q,
-            &mut s.acts,
-            &mut s.tmp,
-        );
-        matmul(
-            &self.matrix(&lw.wk),
-            &s.xn,
-            &mut s.k,
-            &mut s.acts,
-            &mut s.tmp,
-        );
-        matmul(
-            &self.matrix(&lw.wv),
-            &s.xn,
-            &mut s.v,
-            &mut s.acts,
-            &mut s.tmp,
-        );
-        for (b, out, w) in [
-            (&lw.bq, &mut s.q, nq),
-            (&lw.bk, &mut s.k, nkv),
-            (&lw.bv, &mut s.v, nkv),
-        ] {
+        matmul(&self.matrix(&lw.wq), &s.xn, &mut s.q, &mut s.acts, &mut s.tmp);
+        matmul(&self.matrix(&lw.wk), &s.xn, &mut s.k, &mut s.acts, &mut s.tmp);
+        matmul(&self.matrix(&lw.wv), &s.xn, &mut s.v, &mut s.acts, &mut s.tmp);
+        let dbg = self.debug_sums;
+        debug_sum(dbg, "attn_norm", il, &s.xn);
+        debug_sum(dbg, "Qcur", il, &s.q);
+        debug_sum(dbg, "Kcur", il, &s.k);
+        debug_sum(dbg, "Vcur", il, &s.v);
+        for (b, out, w) in [(&lw.bq, &mut s.q, nq), (&lw.bk, &mut s.k, nkv), (&lw.bv, &mut s.v, nkv)] {
             if let Some(b) = b {
                 for row in out.chunks_exact_mut(w) {
                     row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
@@ -336,26 +297,20 @@ impl Model {
                 ops::rope_apply(&rope, &s.rope, head);
             }
         }
+        debug_sum(dbg, "Qrope", il, &s.q);
+        debug_sum(dbg, "Krope", il, &s.k);
         let li = il - self.spec.layers.start;
         for (t, &pos) in positions.iter().enumerate() {
-            kv.store(
-                li,
-                pos,
-                &s.k[t * nkv..(t + 1) * nkv],
-                &s.v[t * nkv..(t + 1) * nkv],
-            );
+            kv.store(li, pos, &s.k[t * nkv..(t + 1) * nkv], &s.v[t * nkv..(t + 1) * nkv]);
         }
         s.attn.resize(n_tok * nq, 0.0);
         ops::attention(hp, kv, li, &s.q, positions, &mut s.attn, &mut s.att_scratch);
         s.proj.resize(n_tok * e, 0.0);
-        matmul(
-            &self.matrix(&lw.wo),
-            &s.attn,
-            &mut s.proj,
-            &mut s.acts,
-            &mut s.tmp,
-        );
+        debug_sum(dbg, "kqv_out", il, &s.attn);
+        matmul(&self.matrix(&lw.wo), &s.attn, &mut s.proj, &mut s.acts, &mut s.tmp);
+        debug_sum(dbg, "attn_out", il, &s.proj);
         hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
+        debug_sum(dbg, "ffn_inp", il, hidden);
 
         // Feed-forward block (SwiGLU).
         for (x, o) in hidden.chunks_exact(e).zip(s.xn.chunks_exact_mut(e)) {
@@ -363,29 +318,17 @@ impl Model {
         }
         s.gate.resize(n_tok * ff, 0.0);
         s.up.resize(n_tok * ff, 0.0);
-        matmul(
-            &self.matrix(&lw.gate),
-            &s.xn,
-            &mut s.gate,
-            &mut s.acts,
-            &mut s.tmp,
-        );
-        matmul(
-            &self.matrix(&lw.up),
-            &s.xn,
-            &mut s.up,
-            &mut s.acts,
-            &mut s.tmp,
-        );
+        matmul(&self.matrix(&lw.gate), &s.xn, &mut s.gate, &mut s.acts, &mut s.tmp);
+        matmul(&self.matrix(&lw.up), &s.xn, &mut s.up, &mut s.acts, &mut s.tmp);
+        debug_sum(dbg, "ffn_norm", il, &s.xn);
+        debug_sum(dbg, "ffn_gate", il, &s.gate);
+        debug_sum(dbg, "ffn_up", il, &s.up);
         ops::swiglu(&mut s.gate, &s.up);
-        matmul(
-            &self.matrix(&lw.down),
-            &s.gate,
-            &mut s.proj,
-            &mut s.acts,
-            &mut s.tmp,
-        );
+        debug_sum(dbg, "ffn_swiglu", il, &s.gate);
+        matmul(&self.matrix(&lw.down), &s.gate, &mut s.proj, &mut s.acts, &mut s.tmp);
+        debug_sum(dbg, "ffn_out", il, &s.proj);
         hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
+        debug_sum(dbg, "l_out", il, hidden);
         Ok(())
     }
 

@@ -7,9 +7,9 @@ use half::f16;
 use crate::hparams::HParams;
 use crate::kv_cache::KvCache;
 
-/// `out = x / sqrt(mean(x²) + eps) * w` (ggml `rms_norm` then `mul`).
+/// `out = x / sqrt(mean(x²) + eps) * w` (ggml `rms_norm` then `mul`; squares in f32, summed in f64).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
     let mean = (sum / x.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
     for ((o, &v), &wv) in out.iter_mut().zip(x).zip(w) {
@@ -17,12 +17,38 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `gate = silu(gate) * up` (ggml `swiglu`).
+/// `gate = silu(gate) * up` (ggml `swiglu`), with ggml's AVX-512 exponential for whole groups
+/// of 16 and the C library's `expf` for the tail, as llama.cpp computes it on x86.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
+    let n16 = gate.len() / 16 * 16;
+    for (g, &u) in gate[..n16].iter_mut().zip(up) {
         let x = *g;
-        *g = x / (1.0 + (-x).exp()) * u;
+        *g = (x / (1.0 + expf_ggml(-x))) * u;
     }
+    for (g, &u) in gate[n16..].iter_mut().zip(&up[n16..]) {
+        let x = *g;
+        *g = (x / (1.0 + (-x).exp())) * u;
+    }
+}
+
+/// ggml's vectorised `expf` (`ggml_v_expf`, AVX-512 variant), evaluated lane by lane: a range
+/// reduction by ln 2 and a degree-5 polynomial, with fused multiply-adds where ggml has them.
+pub fn expf_ggml(x: f32) -> f32 {
+    let c = f32::from_bits;
+    let r = c(0x4b40_0000);
+    let z = x.mul_add(c(0x3fb8_aa3b), r);
+    let n = z - r;
+    let b = (-n).mul_add(c(0x35bf_be8e), (-n).mul_add(c(0x3f31_7200), x));
+    let u = b * b;
+    let j = c(0x3c07_2010)
+        .mul_add(b, c(0x3d2b_9f17))
+        .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
+        .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // `_mm512_scalef_ps(j, n)`: j · 2ⁿ rounded once (n is an integer here).
+    (j as f64 * 2f64.powi(n as i32)) as f32
 }
 
 /// Rotary embedding settings of a model.
@@ -42,11 +68,7 @@ pub fn rope_cache(p: &RopeParams<'_>, pos: usize, cache: &mut Vec<f32>) {
     let theta_scale = p.freq_base.powf(-2.0 / p.n_rot as f32);
     let mut theta = pos as f32;
     for i in 0..p.n_rot / 2 {
-        let ff = p
-            .freq_factors
-            .and_then(|f| f.get(i))
-            .copied()
-            .unwrap_or(1.0);
+        let ff = p.freq_factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
         let t = p.freq_scale * (theta / ff);
         cache[2 * i] = t.cos();
         cache[2 * i + 1] = t.sin();
@@ -59,27 +81,78 @@ pub fn rope_apply(p: &RopeParams<'_>, cache: &[f32], head: &mut [f32]) {
     let half = p.n_rot / 2;
     for i in 0..half {
         let (c, s) = (cache[2 * i], cache[2 * i + 1]);
-        let (a, b) = if p.neox {
-            (i, i + half)
-        } else {
-            (2 * i, 2 * i + 1)
-        };
+        let (a, b) = if p.neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
         let (x0, x1) = (head[a], head[b]);
-        head[a] = x0 * c - x1 * s;
-        head[b] = x0 * s + x1 * c;
+        // llama.cpp's build contracts these into fused multiply-adds; matching them keeps
+        // the rotated values bit-identical.
+        head[a] = x0.mul_add(c, -(x1 * s));
+        head[b] = x0.mul_add(s, x1 * c);
     }
+}
+
+/// Lanes and accumulators of ggml's F16 dot product on AVX-512 (16 lanes × 4 accumulators).
+const DOT_LANES: usize = 16;
+const DOT_ACCS: usize = 4;
+
+/// `Σ k[i]·q[i]` in the exact order ggml's `ggml_vec_dot_f16` sums on x86 with AVX-512: lane-wise
+/// fused multiply-adds into four 16-lane accumulators, a pairwise tree reduction, then the
+/// leftover tail in f64. Matching the order matters because attention rounds to f16 right after.
+pub fn dot_f16_f32(k: &[f16], q: &[f32]) -> f32 {
+    let step = DOT_LANES * DOT_ACCS;
+    let np = k.len() / step * step;
+    let mut acc = [[0.0f32; DOT_LANES]; DOT_ACCS];
+    for (kc, qc) in k[..np].chunks_exact(step).zip(q[..np].chunks_exact(step)) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, lane) in a.iter_mut().enumerate() {
+                let i = j * DOT_LANES + l;
+                *lane = kc[i].to_f32().mul_add(qc[i], *lane);
+            }
+        }
+    }
+    let mut sum = 0.0f64;
+    if np > 0 {
+        let mut v = [0.0f32; DOT_LANES];
+        for (l, x) in v.iter_mut().enumerate() {
+            *x = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+        }
+        // _mm512_reduce_add_ps: halves of 8, then 4, then pairs (2, 3, 0, 1), then (1, 0, 3, 2).
+        let mut h8 = [0.0f32; 8];
+        for i in 0..8 {
+            h8[i] = v[i + 8] + v[i];
+        }
+        let mut h4 = [0.0f32; 4];
+        for i in 0..4 {
+            h4[i] = h8[i + 4] + h8[i];
+        }
+        let h2 = [h4[0] + h4[2], h4[1] + h4[3]];
+        sum = (h2[0] + h2[1]) as f64;
+    }
+    for (kv, qv) in k[np..].iter().zip(&q[np..]) {
+        sum += (kv.to_f32() * qv) as f64;
+    }
+    sum as f32
 }
 
 /// Buffers for attention, reused between calls.
 #[derive(Default)]
 pub struct AttnScratch {
-    q16: Vec<f32>,
+    q: Vec<f32>,
     scores: Vec<f32>,
+    acc16: Vec<f16>,
 }
+
+/// Query rows from which ggml's CPU flash attention switches from the per-row kernel (f16
+/// queries, f16 output accumulator) to the tiled kernel (f32 throughout).
+const TILED_MIN_ROWS: usize = 64;
 
 /// Causal multi-head attention with grouped KV heads over the cache of layer `li`.
 /// `q` is `positions.len() × n_head·head_dim`; `out` has the same shape. Token `t` attends to
 /// cache positions `0..=positions[t]`.
+///
+/// This follows llama.cpp's default on CPU, flash attention, including its precision: with
+/// fewer than 64 query rows the queries are rounded to f16 and the weighted sum of values is
+/// accumulated in f16 with an online softmax; with more, everything stays in f32. Greedy
+/// decoding of small models is sensitive to this difference.
 pub fn attention(
     hp: &HParams,
     kv: &KvCache,
@@ -94,78 +167,67 @@ pub fn attention(
     let nkv = hp.n_embd_kv();
     let group = hp.n_head / hp.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
+    let tiled = positions.len() >= TILED_MIN_ROWS;
     for (t, &pos) in positions.iter().enumerate() {
         let len = pos + 1;
         let keys = kv.keys(li, len);
         let values = kv.values(li, len);
         for h in 0..hp.n_head {
             let kvh = h / group;
-            // ggml multiplies F16 keys with queries converted to F16.
-            s.q16.clear();
-            s.q16.extend(
-                q[t * nq + h * hd..t * nq + (h + 1) * hd]
-                    .iter()
-                    .map(|&v| f16::from_f32(v).to_f32()),
-            );
-            if std::env::var_os("PRIMA_FA").is_some() {
-                let o = &mut out[t * nq + h * hd..t * nq + (h + 1) * hd];
-                let mut acc = vec![f16::ZERO; hd];
-                let mut m = f32::NEG_INFINITY;
-                let mut ssum = 0.0f32;
-                for j in 0..len {
-                    let k = &keys[j * nkv + kvh * hd..j * nkv + (kvh + 1) * hd];
-                    let sc: f32 = k
-                        .iter()
-                        .zip(&s.q16)
-                        .map(|(a, b)| a.to_f32() * b)
-                        .sum::<f32>()
-                        * scale;
-                    let mold = m;
-                    let mut ms = 1.0f32;
-                    let mut vs = 1.0f32;
-                    if sc > m {
-                        m = sc;
-                        ms = (mold - m).exp();
-                        for a in acc.iter_mut() {
-                            *a = f16::from_f32(a.to_f32() * ms);
-                        }
-                    } else {
-                        vs = (sc - m).exp();
-                    }
-                    let v = &values[j * nkv + kvh * hd..j * nkv + (kvh + 1) * hd];
-                    for (a, vd) in acc.iter_mut().zip(v) {
-                        *a = f16::from_f32(a.to_f32() + vd.to_f32() * vs);
-                    }
-                    ssum = ssum * ms + vs;
+            let head = |j: usize| j * nkv + kvh * hd..j * nkv + (kvh + 1) * hd;
+            let qh = &q[t * nq + h * hd..t * nq + (h + 1) * hd];
+            let o = &mut out[t * nq + h * hd..t * nq + (h + 1) * hd];
+            s.q.clear();
+            if tiled {
+                s.q.extend_from_slice(qh);
+            } else {
+                s.q.extend(qh.iter().map(|&v| f16::from_f32(v).to_f32()));
+            }
+            let dot = |j: usize| -> f32 { dot_f16_f32(&keys[head(j)], &s.q) * scale };
+            if tiled {
+                s.scores.clear();
+                s.scores.extend((0..len).map(dot));
+                let max = s.scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f64;
+                for sc in s.scores.iter_mut() {
+                    *sc = (*sc - max).exp();
+                    sum += *sc as f64;
                 }
-                for (od, a) in o.iter_mut().zip(&acc) {
-                    *od = a.to_f32() / ssum;
+                o.fill(0.0);
+                for (j, &w) in s.scores.iter().enumerate() {
+                    for (od, vd) in o.iter_mut().zip(&values[head(j)]) {
+                        *od += w * vd.to_f32();
+                    }
                 }
+                let inv = (1.0 / sum) as f32;
+                o.iter_mut().for_each(|v| *v *= inv);
                 continue;
             }
-            s.scores.resize(len, 0.0);
-            let mut max = f32::NEG_INFINITY;
-            for (j, sc) in s.scores.iter_mut().enumerate() {
-                let k = &keys[j * nkv + kvh * hd..j * nkv + (kvh + 1) * hd];
-                let d: f32 = k.iter().zip(&s.q16).map(|(a, b)| a.to_f32() * b).sum();
-                *sc = d * scale;
-                max = max.max(*sc);
-            }
-            let mut sum = 0.0f64;
-            for sc in s.scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                sum += *sc as f64;
-            }
-            let inv = (1.0 / sum) as f32;
-            let o = &mut out[t * nq + h * hd..t * nq + (h + 1) * hd];
-            o.fill(0.0);
-            for (j, &w) in s.scores.iter().enumerate() {
-                // ggml converts the attention weights to F16 before multiplying with F16 values.
-                let w = f16::from_f32(w * inv).to_f32();
-                let v = &values[j * nkv + kvh * hd..j * nkv + (kvh + 1) * hd];
-                for (od, vd) in o.iter_mut().zip(v) {
-                    *od += w * vd.to_f32();
+            // Online softmax with an f16 accumulator, as ggml's per-row flash-attention kernel.
+            s.acc16.clear();
+            s.acc16.resize(hd, f16::ZERO);
+            let mut m = f32::NEG_INFINITY;
+            let mut sum = 0.0f32;
+            for j in 0..len {
+                let sc = dot(j);
+                let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                if sc > m {
+                    ms = (m - sc).exp();
+                    m = sc;
+                    for a in s.acc16.iter_mut() {
+                        *a = f16::from_f32(a.to_f32() * ms);
+                    }
+                } else {
+                    vs = (sc - m).exp();
                 }
+                for (a, vd) in s.acc16.iter_mut().zip(&values[head(j)]) {
+                    *a = f16::from_f32(vd.to_f32().mul_add(vs, a.to_f32()));
+                }
+                sum = sum.mul_add(ms, vs);
+            }
+            let inv = 1.0 / sum;
+            for (od, a) in o.iter_mut().zip(&s.acc16) {
+                *od = a.to_f32() * inv;
             }
         }
     }

@@ -39,10 +39,7 @@ impl Default for SamplerConfig {
 impl SamplerConfig {
     /// Greedy decoding.
     pub fn greedy() -> SamplerConfig {
-        SamplerConfig {
-            temperature: 0.0,
-            ..SamplerConfig::default()
-        }
+        SamplerConfig { temperature: 0.0, ..SamplerConfig::default() }
     }
 }
 
@@ -68,12 +65,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Sampler {
         let rng = StdRng::seed_from_u64(cfg.seed);
-        Sampler {
-            cfg,
-            rng,
-            recent: Vec::new(),
-            cands: Vec::new(),
-        }
+        Sampler { cfg, rng, recent: Vec::new(), cands: Vec::new() }
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -98,11 +90,7 @@ impl Sampler {
             seen.dedup();
             for t in seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 {
-                        *l / self.cfg.repeat_penalty
-                    } else {
-                        *l * self.cfg.repeat_penalty
-                    };
+                    *l = if *l > 0.0 { *l / self.cfg.repeat_penalty } else { *l * self.cfg.repeat_penalty };
                 }
             }
         }
@@ -185,19 +173,11 @@ mod tests {
     #[test]
     fn seeded_sampling_is_reproducible_and_respects_top_k() {
         // Goal: the same seed gives the same draws; top-k 2 never yields a third token.
-        let cfg = SamplerConfig {
-            temperature: 1.5,
-            top_k: 2,
-            top_p: 1.0,
-            min_p: 0.0,
-            ..SamplerConfig::default()
-        };
+        let cfg = SamplerConfig { temperature: 1.5, top_k: 2, top_p: 1.0, min_p: 0.0, ..SamplerConfig::default() };
         let logits = [1.0, 0.9, 0.8, 0.7];
         let draw = |cfg: &SamplerConfig| {
             let mut s = Sampler::new(cfg.clone());
-            (0..50)
-                .map(|_| s.sample(&mut logits.clone()))
-                .collect::<Vec<_>>()
+            (0..50).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
         };
         let a = draw(&cfg);
         assert_eq!(a, draw(&cfg));
@@ -208,10 +188,7 @@ mod tests {
     #[test]
     fn repetition_penalty_lowers_seen_tokens() {
         // Goal: a penalised token loses the argmax to the runner-up.
-        let mut s = Sampler::new(SamplerConfig {
-            repeat_penalty: 2.0,
-            ..SamplerConfig::greedy()
-        });
+        let mut s = Sampler::new(SamplerConfig { repeat_penalty: 2.0, ..SamplerConfig::greedy() });
         s.accept(0);
         assert_eq!(s.sample(&mut [2.0, 1.5, 0.0]), 1);
     }

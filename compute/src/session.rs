@@ -21,11 +21,8 @@ pub struct Session<'m> {
 impl<'m> Session<'m> {
     /// A session with room for `n_ctx` positions. The model must hold every layer and both ends.
     pub fn new(model: &'m Model, n_ctx: usize) -> Result<Session<'m>> {
-        if model.spec.layers != (0..model.hp.n_layer) || !model.spec.embedding || !model.spec.output
-        {
-            return Err(Error::NotLoaded(
-                "whole model (a session needs every layer)",
-            ));
+        if model.spec.layers != (0..model.hp.n_layer) || !model.spec.embedding || !model.spec.output {
+            return Err(Error::NotLoaded("whole model (a session needs every layer)"));
         }
         Ok(Session {
             model,
@@ -57,17 +54,14 @@ impl<'m> Session<'m> {
             return Err(Error::BadHParam("no tokens to process".into()));
         }
         if self.n_past + tokens.len() > self.kv.n_ctx {
-            return Err(Error::ContextFull {
-                n_ctx: self.kv.n_ctx,
-            });
+            return Err(Error::ContextFull { n_ctx: self.kv.n_ctx });
         }
         let e = self.model.hp.n_embd;
         let n_layer = self.model.hp.n_layer;
         for chunk in tokens.chunks(PREFILL_CHUNK) {
             self.model.embed(chunk, &mut self.hidden)?;
             self.positions.clear();
-            self.positions
-                .extend(self.n_past..self.n_past + chunk.len());
+            self.positions.extend(self.n_past..self.n_past + chunk.len());
             self.model.forward_layers(
                 0..n_layer,
                 &mut self.hidden,

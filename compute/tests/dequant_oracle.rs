@@ -38,35 +38,22 @@ fn oracle_available() -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{} cannot import numpy and gguf: {}",
-            python(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("{} cannot import numpy and gguf: {}", python(), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn ty_by_name(name: &str) -> GgmlType {
-    ALL_TYPES
-        .into_iter()
-        .find(|t| t.name() == name)
-        .unwrap_or_else(|| panic!("manifest names unknown type {name}"))
+    ALL_TYPES.into_iter().find(|t| t.name() == name).unwrap_or_else(|| panic!("manifest names unknown type {name}"))
 }
 
 fn read_f32s(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap();
     assert_eq!(bytes.len() % 4, 0, "{}", path.display());
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 fn same(a: f32, b: f32) -> bool {
@@ -83,31 +70,20 @@ fn dequantize_matches_gguf_py() {
             panic!("{REQUIRE_ENV} is set but the dequant oracle is unavailable: {why}");
         }
         eprintln!();
-        eprintln!(
-            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
-        );
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
         eprintln!("!! SKIPPED dequant oracle test: {why}");
-        eprintln!(
-            "!! Install it with `pip install gguf numpy`; set {REQUIRE_ENV}=1 to make this fail."
-        );
-        eprintln!(
-            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
-        );
+        eprintln!("!! Install it with `pip install gguf numpy`; set {REQUIRE_ENV}=1 to make this fail.");
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
         return;
     }
 
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dequant_oracle");
     let _ = std::fs::remove_dir_all(&dir); // a stale dir from an earlier run may or may not exist
     let script = workspace_root().join("scripts/dequant_oracle.py");
-    let status = Command::new(python())
-        .arg(&script)
-        .arg(&dir)
-        .status()
-        .expect("run dequant_oracle.py");
+    let status = Command::new(python()).arg(&script).arg(&dir).status().expect("run dequant_oracle.py");
     assert!(status.success(), "{} failed: {status}", script.display());
 
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let cases = manifest["cases"].as_array().expect("manifest.cases");
     let mut sources: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -139,10 +115,7 @@ fn dequantize_matches_gguf_py() {
             ));
         }
         let oracle = case["oracle"].as_str().unwrap_or("?");
-        sources
-            .entry(name)
-            .or_default()
-            .push(format!("{source}[{oracle}]"));
+        sources.entry(name).or_default().push(format!("{source}[{oracle}]"));
     }
 
     for (name, srcs) in &sources {
@@ -150,23 +123,13 @@ fn dequantize_matches_gguf_py() {
     }
     eprintln!(
         "dequant oracle: gguf-py {}, numpy {}, models {}, missing models {}",
-        manifest["gguf_py_version"],
-        manifest["numpy_version"],
-        manifest["models"],
-        manifest["models_missing"]
+        manifest["gguf_py_version"], manifest["numpy_version"], manifest["models"], manifest["models_missing"]
     );
 
-    for ty in ALL_TYPES
-        .into_iter()
-        .filter(|&t| dequantize_fn(t).is_some())
-    {
+    for ty in ALL_TYPES.into_iter().filter(|&t| dequantize_fn(t).is_some()) {
         if !sources.contains_key(ty.name()) {
             failures.push(format!("{ty}: no oracle case"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "dequant mismatches:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "dequant mismatches:\n{}", failures.join("\n"));
 }

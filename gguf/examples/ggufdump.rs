@@ -17,10 +17,7 @@ fn main() {
                 println!("{k} = {}", v.summary());
             }
             for t in f.tensors() {
-                println!(
-                    "{} {} {:?} @{} {}B",
-                    t.name, t.ggml_type, t.dims, t.offset, t.n_bytes
-                );
+                println!("{} {} {:?} @{} {}B", t.name, t.ggml_type, t.dims, t.offset, t.n_bytes);
             }
         }
         Err(e) => {

@@ -27,10 +27,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
 }
 
@@ -103,16 +100,11 @@ fn environment() -> Environment<'static> {
     env.set_lstrip_blocks(true);
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        },
-    );
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+    });
     env.add_function("strftime_now", |format: String| -> String {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         strftime_utc(&format, secs)
     });
     env
@@ -132,15 +124,7 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm): (year, month 1-12, day).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -313,22 +297,14 @@ mod tests {
         let head = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n\
                     Cutting Knowledge Date: December 2023\nToday Date: ";
         let t31 = include_str!("../tests/templates/llama-3.1-instruct.jinja");
-        assert_eq!(
-            render_fixture(t31, "<|begin_of_text|>", "<|eot_id|>"),
-            format!("{head}26 Jul 2024\n\n{tail}")
-        );
+        assert_eq!(render_fixture(t31, "<|begin_of_text|>", "<|eot_id|>"), format!("{head}26 Jul 2024\n\n{tail}"));
         let t32 = include_str!("../tests/templates/llama-3.2-instruct.jinja");
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let today = strftime_utc("%d %b %Y", secs);
         let out = render_fixture(t32, "<|begin_of_text|>", "<|eot_id|>");
         // The date can roll over while the template renders; accept the next day then.
         let later = strftime_utc("%d %b %Y", secs + 120);
-        assert!(
-            out == format!("{head}{today}\n\n{tail}") || out == format!("{head}{later}\n\n{tail}"),
-            "{out:?}"
-        );
+        assert!(out == format!("{head}{today}\n\n{tail}") || out == format!("{head}{later}\n\n{tail}"), "{out:?}");
     }
 
     #[test]
@@ -336,14 +312,8 @@ mod tests {
         // Goal: no template means ChatML; method: two messages with and without the prompt.
         let m = msgs(&[("system", "S"), ("user", "U")]);
         let expect = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n";
-        assert_eq!(
-            render_chat(None, &m, false, "", "").ok().as_deref(),
-            Some(expect)
-        );
-        assert_eq!(
-            render_chat(None, &m, true, "", "").ok(),
-            Some(format!("{expect}<|im_start|>assistant\n"))
-        );
+        assert_eq!(render_chat(None, &m, false, "", "").ok().as_deref(), Some(expect));
+        assert_eq!(render_chat(None, &m, true, "", "").ok(), Some(format!("{expect}<|im_start|>assistant\n")));
     }
 
     #[test]
@@ -352,16 +322,10 @@ mod tests {
         // Booleans print as Python's `True`, as they do under Hugging Face's Jinja2.
         let t = "{{ messages[0].content.strip().split(',')[-1] }}|{{ 'ab'.startswith('a') }}|{{ bos_token }}";
         let m = msgs(&[("user", "  x,y  ")]);
-        assert_eq!(
-            render_chat(Some(t), &m, false, "<s>", "").ok().as_deref(),
-            Some("y|True|<s>")
-        );
+        assert_eq!(render_chat(Some(t), &m, false, "<s>", "").ok().as_deref(), Some("y|True|<s>"));
         let t = "{{ raise_exception('nope') }}";
         let err = render_chat(Some(t), &m, false, "", "");
-        assert!(
-            matches!(&err, Err(Error::Template(msg)) if msg.contains("nope")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, Err(Error::Template(msg)) if msg.contains("nope")), "{err:?}");
         assert!(render_chat(Some("{% if %}"), &m, false, "", "").is_err());
     }
 
@@ -370,10 +334,7 @@ mod tests {
         // Goal: Jinja2's chat-template whitespace settings; method: indented block tags.
         let t = "{% for m in messages %}\n    {% if true %}\n[{{ m.role }}]\n    {% endif %}\n{% endfor %}\n";
         let m = msgs(&[("a", ""), ("b", "")]);
-        assert_eq!(
-            render_chat(Some(t), &m, false, "", "").ok().as_deref(),
-            Some("[a]\n[b]\n")
-        );
+        assert_eq!(render_chat(Some(t), &m, false, "", "").ok().as_deref(), Some("[a]\n[b]\n"));
     }
 
     #[test]

@@ -16,12 +16,7 @@ pub enum Error {
     #[error("unsupported GGUF version {0} (supported: 2, 3)")]
     UnsupportedVersion(u32),
     #[error("truncated GGUF: needed {needed} bytes at offset {offset} for {what}, file has {len}")]
-    Truncated {
-        what: String,
-        offset: u64,
-        needed: u64,
-        len: u64,
-    },
+    Truncated { what: String, offset: u64, needed: u64, len: u64 },
     #[error("GGUF {what} is {value}, above the limit {max}")]
     LimitExceeded { what: String, value: u64, max: u64 },
     #[error("metadata key {key:?}: {msg}")]

@@ -20,10 +20,7 @@ impl GgufFile {
     /// file size when this returns `Ok`.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| Error::Io {
-            path: path.clone(),
-            source,
-        };
+        let io = |source| Error::Io { path: path.clone(), source };
         let file = File::open(&path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
@@ -72,25 +69,18 @@ impl GgufFile {
 
     /// The data bytes of a tensor.
     pub fn tensor_data(&self, info: &TensorInfo) -> Result<&[u8]> {
-        let start = self
-            .header
-            .data_offset
-            .checked_add(info.offset)
-            .ok_or_else(|| Error::MissingTensor(info.name.clone()))?;
+        let start =
+            self.header.data_offset.checked_add(info.offset).ok_or_else(|| Error::MissingTensor(info.name.clone()))?;
         let end = start.saturating_add(info.n_bytes);
-        self.map
-            .get(start as usize..end as usize)
-            .ok_or_else(|| Error::BadTensor {
-                name: info.name.clone(),
-                msg: format!("data [{start}, {end}) lies outside the file"),
-            })
+        self.map.get(start as usize..end as usize).ok_or_else(|| Error::BadTensor {
+            name: info.name.clone(),
+            msg: format!("data [{start}, {end}) lies outside the file"),
+        })
     }
 
     /// Looks a tensor up by name and returns its info and bytes.
     pub fn tensor(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
-        let info = self
-            .tensor_info(name)
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let info = self.tensor_info(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         Ok((info, self.tensor_data(info)?))
     }
 }

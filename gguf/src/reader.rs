@@ -67,15 +67,12 @@ impl<'a> Cursor<'a> {
             });
         }
         let n = n as usize;
-        let out = self
-            .buf
-            .get(self.pos..self.pos + n)
-            .ok_or_else(|| Error::Truncated {
-                what: what.to_string(),
-                offset: self.pos as u64,
-                needed: n as u64,
-                len: self.buf.len() as u64,
-            })?;
+        let out = self.buf.get(self.pos..self.pos + n).ok_or_else(|| Error::Truncated {
+            what: what.to_string(),
+            offset: self.pos as u64,
+            needed: n as u64,
+            len: self.buf.len() as u64,
+        })?;
         self.pos += n;
         Ok(out)
     }
@@ -102,11 +99,7 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u64(what)?;
         if len > STRING_LEN_MAX {
-            return Err(Error::LimitExceeded {
-                what: format!("{what} length"),
-                value: len,
-                max: STRING_LEN_MAX,
-            });
+            return Err(Error::LimitExceeded { what: format!("{what} length"), value: len, max: STRING_LEN_MAX });
         }
         let offset = self.pos as u64;
         let bytes = self.take(len, what)?;
@@ -148,10 +141,7 @@ impl<'a> Cursor<'a> {
                 let elem_type = self.u32(&what)?;
                 // An unknown element type is rejected even when the array is empty.
                 if elem_type > 12 {
-                    return Err(Error::UnknownValueType {
-                        key: key.to_string(),
-                        type_id: elem_type,
-                    });
+                    return Err(Error::UnknownValueType { key: key.to_string(), type_id: elem_type });
                 }
                 let len = self.u64(&what)?;
                 if len > ARRAY_LEN_MAX {
@@ -180,12 +170,7 @@ impl<'a> Cursor<'a> {
             10 => Value::U64(self.u64(&what)?),
             11 => Value::I64(i64::from_le_bytes(self.array(&what)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(&what)?)),
-            other => {
-                return Err(Error::UnknownValueType {
-                    key: key.to_string(),
-                    type_id: other,
-                })
-            }
+            other => return Err(Error::UnknownValueType { key: key.to_string(), type_id: other }),
         })
     }
 }
@@ -193,11 +178,7 @@ impl<'a> Cursor<'a> {
 fn count(c: &mut Cursor<'_>, what: &str, max: u64) -> Result<u64> {
     let n = c.u64(what)?;
     if n > max {
-        return Err(Error::LimitExceeded {
-            what: what.to_string(),
-            value: n,
-            max,
-        });
+        return Err(Error::LimitExceeded { what: what.to_string(), value: n, max });
     }
     Ok(n)
 }
@@ -225,10 +206,7 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<Header> {
         let value = c.value(&key, type_id, 0)?;
         // As in llama.cpp: a repeated key would make lookups silently see only the first.
         if !keys.insert(key.clone()) {
-            return Err(Error::BadMetadata {
-                key,
-                msg: "appears more than once".into(),
-            });
+            return Err(Error::BadMetadata { key, msg: "appears more than once".into() });
         }
         entries.push((key, value));
     }
@@ -256,10 +234,7 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<Header> {
         let name = c.string("tensor name")?;
         let n_dims = c.u32("tensor dimension count")?;
         if n_dims == 0 || n_dims > DIMS_MAX {
-            return Err(Error::BadTensor {
-                name,
-                msg: format!("has {n_dims} dimensions (1..={DIMS_MAX} allowed)"),
-            });
+            return Err(Error::BadTensor { name, msg: format!("has {n_dims} dimensions (1..={DIMS_MAX} allowed)") });
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -271,13 +246,11 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<Header> {
     }
 
     let header_end = c.pos as u64;
-    let data_offset = header_end
-        .checked_next_multiple_of(alignment)
-        .ok_or_else(|| Error::LimitExceeded {
-            what: "header size".into(),
-            value: header_end,
-            max: u64::MAX - alignment,
-        })?;
+    let data_offset = header_end.checked_next_multiple_of(alignment).ok_or_else(|| Error::LimitExceeded {
+        what: "header size".into(),
+        value: header_end,
+        max: u64::MAX - alignment,
+    })?;
     if data_offset > file_len && n_tensors > 0 {
         return Err(Error::Truncated {
             what: "data section".into(),
@@ -291,10 +264,7 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<Header> {
     let mut tensors = Vec::with_capacity(raw.len());
     let mut seen = std::collections::HashSet::new();
     for (name, dims, type_id, offset) in raw {
-        let bad = |msg: String| Error::BadTensor {
-            name: name.clone(),
-            msg,
-        };
+        let bad = |msg: String| Error::BadTensor { name: name.clone(), msg };
         let Some(ggml_type) = GgmlType::from_id(type_id) else {
             return Err(Error::UnknownTensorType { name, type_id });
         };
@@ -313,20 +283,14 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<Header> {
                 ggml_type.block_size()
             )));
         }
-        let row_bytes = ggml_type
-            .row_bytes(row_len)
-            .ok_or_else(|| bad(format!("byte size of {dims:?} overflows")))?;
+        let row_bytes = ggml_type.row_bytes(row_len).ok_or_else(|| bad(format!("byte size of {dims:?} overflows")))?;
         let n_bytes = (n_elements / row_len)
             .checked_mul(row_bytes)
             .ok_or_else(|| bad(format!("byte size of {dims:?} overflows")))?;
         if !offset.is_multiple_of(alignment) {
-            return Err(bad(format!(
-                "data offset {offset} is not a multiple of the alignment {alignment}"
-            )));
+            return Err(bad(format!("data offset {offset} is not a multiple of the alignment {alignment}")));
         }
-        let end = offset
-            .checked_add(n_bytes)
-            .ok_or_else(|| bad(format!("data offset {offset} overflows")))?;
+        let end = offset.checked_add(n_bytes).ok_or_else(|| bad(format!("data offset {offset} overflows")))?;
         if end > data_len {
             return Err(bad(format!(
                 "data [{offset}, {end}) lies outside the data section of {data_len} bytes (file truncated?)"
@@ -335,20 +299,8 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<Header> {
         if !seen.insert(name.clone()) {
             return Err(bad("appears twice in the tensor directory".into()));
         }
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ggml_type,
-            offset,
-            n_bytes,
-        });
+        tensors.push(TensorInfo { name, dims, ggml_type, offset, n_bytes });
     }
 
-    Ok(Header {
-        version,
-        metadata,
-        tensors,
-        alignment,
-        data_offset,
-    })
+    Ok(Header { version, metadata, tensors, alignment, data_offset })
 }

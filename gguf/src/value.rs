@@ -126,29 +126,20 @@ impl Metadata {
     }
 
     fn bad(key: &str, msg: &str) -> Error {
-        Error::BadMetadata {
-            key: key.to_string(),
-            msg: msg.to_string(),
-        }
+        Error::BadMetadata { key: key.to_string(), msg: msg.to_string() }
     }
 
     /// A required unsigned integer.
     pub fn u64(&self, key: &str) -> Result<u64> {
-        let v = self
-            .get(key)
-            .ok_or_else(|| Error::MissingKey(key.to_string()))?;
-        v.as_u64()
-            .ok_or_else(|| Self::bad(key, "expected a non-negative integer"))
+        let v = self.get(key).ok_or_else(|| Error::MissingKey(key.to_string()))?;
+        v.as_u64().ok_or_else(|| Self::bad(key, "expected a non-negative integer"))
     }
 
     /// An optional unsigned integer; present but mistyped is an error.
     pub fn u64_opt(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| Self::bad(key, "expected a non-negative integer")),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| Self::bad(key, "expected a non-negative integer")),
         }
     }
 
@@ -156,10 +147,7 @@ impl Metadata {
     pub fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| Self::bad(key, "expected a number")),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| Self::bad(key, "expected a number")),
         }
     }
 
@@ -167,30 +155,21 @@ impl Metadata {
     pub fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| Self::bad(key, "expected a bool")),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| Self::bad(key, "expected a bool")),
         }
     }
 
     /// A required string.
     pub fn str(&self, key: &str) -> Result<&str> {
-        let v = self
-            .get(key)
-            .ok_or_else(|| Error::MissingKey(key.to_string()))?;
-        v.as_str()
-            .ok_or_else(|| Self::bad(key, "expected a string"))
+        let v = self.get(key).ok_or_else(|| Error::MissingKey(key.to_string()))?;
+        v.as_str().ok_or_else(|| Self::bad(key, "expected a string"))
     }
 
     /// An optional string; present but mistyped is an error.
     pub fn str_opt(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| Self::bad(key, "expected a string")),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| Self::bad(key, "expected a string")),
         }
     }
 
@@ -198,10 +177,7 @@ impl Metadata {
     pub fn array_opt(&self, key: &str) -> Result<Option<&[Value]>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_array()
-                .map(Some)
-                .ok_or_else(|| Self::bad(key, "expected an array")),
+            Some(v) => v.as_array().map(Some).ok_or_else(|| Self::bad(key, "expected an array")),
         }
     }
 }

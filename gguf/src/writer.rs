@@ -54,10 +54,7 @@ fn put_value(w: &mut impl Write, v: &Value) -> io::Result<()> {
             // An empty array is written as an array of u8, which is what gguf-py does too.
             let elem = items.first().map(type_id).unwrap_or(0);
             if items.iter().any(|it| type_id(it) != elem) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "array elements differ in type",
-                ));
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "array elements differ in type"));
             }
             w.write_all(&elem.to_le_bytes())?;
             w.write_all(&(items.len() as u64).to_le_bytes())?;
@@ -70,15 +67,8 @@ fn put_value(w: &mut impl Write, v: &Value) -> io::Result<()> {
 }
 
 /// Writes a complete GGUF v3 file. Tensor data is aligned to `general.alignment` (default 32).
-pub fn write_gguf(
-    w: &mut impl Write,
-    metadata: &Metadata,
-    tensors: &[TensorToWrite<'_>],
-) -> io::Result<()> {
-    let alignment = metadata
-        .get("general.alignment")
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_ALIGNMENT);
+pub fn write_gguf(w: &mut impl Write, metadata: &Metadata, tensors: &[TensorToWrite<'_>]) -> io::Result<()> {
+    let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(DEFAULT_ALIGNMENT);
     let mut head = Vec::new();
     head.extend_from_slice(b"GGUF");
     head.extend_from_slice(&3u32.to_le_bytes());

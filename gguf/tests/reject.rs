@@ -11,12 +11,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
-use gguf::limits::{
-    ALIGNMENT_MAX, ARRAY_DEPTH_MAX, ARRAY_LEN_MAX, KV_COUNT_MAX, STRING_LEN_MAX, TENSOR_COUNT_MAX,
-};
-use gguf::{
-    parse_header, write_gguf, Error, GgmlType, GgufFile, Header, Metadata, TensorToWrite, Value,
-};
+use gguf::limits::{ALIGNMENT_MAX, ARRAY_DEPTH_MAX, ARRAY_LEN_MAX, KV_COUNT_MAX, STRING_LEN_MAX, TENSOR_COUNT_MAX};
+use gguf::{parse_header, write_gguf, Error, GgmlType, GgufFile, Header, Metadata, TensorToWrite, Value};
 
 // ---------------------------------------------------------------------------------------------
 // Byte assembly
@@ -138,14 +134,7 @@ impl Gguf {
     }
 
     /// A tensor info with `n_dims` as stored (may disagree with `dims.len()`).
-    fn tensor_raw(
-        mut self,
-        name: &[u8],
-        n_dims: u32,
-        dims: &[u64],
-        type_id: u32,
-        offset: u64,
-    ) -> Gguf {
+    fn tensor_raw(mut self, name: &[u8], n_dims: u32, dims: &[u64], type_id: u32, offset: u64) -> Gguf {
         self.infos.extend_from_slice(&gstr(name));
         self.infos.extend_from_slice(&n_dims.to_le_bytes());
         for d in dims {
@@ -237,11 +226,7 @@ fn small_valid() -> Vec<u8> {
     Gguf::new()
         .kv_str("general.architecture", "llama")
         .kv_u32("llama.block_count", 2)
-        .kv(
-            "tokenizer.ggml.tokens",
-            ty::ARRAY,
-            &garr(ty::STRING, 2, &tokens),
-        )
+        .kv("tokenizer.ggml.tokens", ty::ARRAY, &garr(ty::STRING, 2, &tokens))
         .kv("flag", ty::BOOL, &[1])
         .kv("eps", ty::F32, &1e-5f32.to_le_bytes())
         .tensor("a", &[4, 2], T_F32, 0)
@@ -301,11 +286,7 @@ fn bad_magic() {
     );
     drop(e);
     // Byte-swapped magic (a big-endian writer) is not silently accepted either.
-    assert_err!(
-        Gguf::new().magic(*b"FUGG").build(),
-        Error::BadMagic { .. },
-        "magic"
-    );
+    assert_err!(Gguf::new().magic(*b"FUGG").build(), Error::BadMagic { .. }, "magic");
 }
 
 #[test]
@@ -405,10 +386,7 @@ fn missing_data_section_is_truncated() {
 
 #[test]
 fn key_length_past_the_end() {
-    let bytes = Gguf::new()
-        .counts(0, 1)
-        .kv_bytes(&gstr_len(100, b"short"))
-        .header();
+    let bytes = Gguf::new().counts(0, 1).kv_bytes(&gstr_len(100, b"short")).header();
     let e = assert_err!(
         bytes,
         Error::Truncated { ref what, needed: 100, offset: 32, .. } if what == "metadata key",
@@ -420,23 +398,13 @@ fn key_length_past_the_end() {
 
 #[test]
 fn value_string_length_past_the_end() {
-    let bytes = Gguf::new()
-        .kv("general.name", ty::STRING, &gstr_len(1000, b"abc"))
-        .header();
-    assert_err!(
-        bytes,
-        Error::Truncated { needed: 1000, .. },
-        "needed 1000 bytes",
-        "general.name",
-    );
+    let bytes = Gguf::new().kv("general.name", ty::STRING, &gstr_len(1000, b"abc")).header();
+    assert_err!(bytes, Error::Truncated { needed: 1000, .. }, "needed 1000 bytes", "general.name",);
 }
 
 #[test]
 fn tensor_name_length_past_the_end() {
-    let bytes = Gguf::new()
-        .counts(1, 0)
-        .kv_bytes(&gstr_len(64, b"tok"))
-        .header();
+    let bytes = Gguf::new().counts(1, 0).kv_bytes(&gstr_len(64, b"tok")).header();
     assert_err!(
         bytes,
         Error::Truncated { ref what, needed: 64, .. } if what == "tensor name",
@@ -478,30 +446,16 @@ fn huge_string_length_is_a_limit_not_an_allocation() {
 
 #[test]
 fn invalid_utf8_key() {
-    let bytes = Gguf::new()
-        .kv_raw(b"bad\xff\xfekey", ty::U32, &1u32.to_le_bytes())
-        .build();
+    let bytes = Gguf::new().kv_raw(b"bad\xff\xfekey", ty::U32, &1u32.to_le_bytes()).build();
     // The key's bytes start after magic, version, two counts and the length field.
-    assert_err!(
-        bytes,
-        Error::BadUtf8 { offset: 32 },
-        "not valid UTF-8",
-        "offset 32",
-    );
+    assert_err!(bytes, Error::BadUtf8 { offset: 32 }, "not valid UTF-8", "offset 32",);
 }
 
 #[test]
 fn invalid_utf8_value_and_tensor_name() {
+    assert_err!(Gguf::new().kv("s", ty::STRING, &gstr(b"\xc3\x28")).build(), Error::BadUtf8 { .. }, "not valid UTF-8",);
     assert_err!(
-        Gguf::new().kv("s", ty::STRING, &gstr(b"\xc3\x28")).build(),
-        Error::BadUtf8 { .. },
-        "not valid UTF-8",
-    );
-    assert_err!(
-        Gguf::new()
-            .tensor_raw(b"\x80", 1, &[1], T_F32, 0)
-            .data(&[0; 32])
-            .build(),
+        Gguf::new().tensor_raw(b"\x80", 1, &[1], T_F32, 0).data(&[0; 32]).build(),
         Error::BadUtf8 { .. },
         "not valid UTF-8",
     );
@@ -568,18 +522,14 @@ fn truncated_scalar_value() {
 fn array_length_past_the_end() {
     // Length checked against the remaining bytes before anything is allocated.
     assert_err!(
-        Gguf::new()
-            .kv("arr", ty::ARRAY, &garr(ty::U8, 1000, &[1, 2, 3]))
-            .header(),
+        Gguf::new().kv("arr", ty::ARRAY, &garr(ty::U8, 1000, &[1, 2, 3])).header(),
         Error::Truncated { needed: 1000, .. },
         "needed 1000 bytes",
         "arr",
     );
     // Fewer elements than the length says, though the length fits in the bytes left.
     assert_err!(
-        Gguf::new()
-            .kv("arr", ty::ARRAY, &garr(ty::U32, 5, &[0; 12]))
-            .header(),
+        Gguf::new().kv("arr", ty::ARRAY, &garr(ty::U32, 5, &[0; 12])).header(),
         Error::Truncated { needed: 4, .. },
         "arr",
     );
@@ -599,25 +549,13 @@ fn array_length_over_the_limit() {
 
 #[test]
 fn nested_arrays_parse() {
-    let inner_a = garr(
-        ty::I32,
-        2,
-        &[1i32.to_le_bytes(), (-2i32).to_le_bytes()].concat(),
-    );
+    let inner_a = garr(ty::I32, 2, &[1i32.to_le_bytes(), (-2i32).to_le_bytes()].concat());
     let inner_b = garr(ty::I32, 0, &[]);
     let inner_c = garr(ty::I32, 1, &7i32.to_le_bytes());
     let outer = garr(ty::ARRAY, 3, &[inner_a, inner_b, inner_c].concat());
-    let strings = garr(
-        ty::ARRAY,
-        1,
-        &garr(ty::STRING, 2, &[gstr(b"x"), gstr(b"")].concat()),
-    );
+    let strings = garr(ty::ARRAY, 1, &garr(ty::STRING, 2, &[gstr(b"x"), gstr(b"")].concat()));
     let h = accept(
-        &Gguf::new()
-            .kv("nested", ty::ARRAY, &outer)
-            .kv("nested_str", ty::ARRAY, &strings)
-            .kv_u32("after", 5)
-            .build(),
+        &Gguf::new().kv("nested", ty::ARRAY, &outer).kv("nested_str", ty::ARRAY, &strings).kv_u32("after", 5).build(),
     );
     assert_eq!(
         h.metadata.get("nested"),
@@ -629,10 +567,7 @@ fn nested_arrays_parse() {
     );
     assert_eq!(
         h.metadata.get("nested_str"),
-        Some(&Value::Array(vec![Value::Array(vec![
-            Value::String("x".into()),
-            Value::String(String::new()),
-        ])]))
+        Some(&Value::Array(vec![Value::Array(vec![Value::String("x".into()), Value::String(String::new()),])]))
     );
     // The cursor ends up in the right place after the nested arrays.
     assert_eq!(h.metadata.u64("after").unwrap(), 5);
@@ -649,11 +584,7 @@ fn nested(levels: u32) -> Vec<u8> {
 
 #[test]
 fn nesting_up_to_the_limit_parses() {
-    let h = accept(
-        &Gguf::new()
-            .kv("deep", ty::ARRAY, &nested(ARRAY_DEPTH_MAX))
-            .build(),
-    );
+    let h = accept(&Gguf::new().kv("deep", ty::ARRAY, &nested(ARRAY_DEPTH_MAX)).build());
     let mut v = h.metadata.get("deep").unwrap();
     for _ in 0..ARRAY_DEPTH_MAX {
         let items = v.as_array().expect("an array");
@@ -705,11 +636,7 @@ fn alignment_is_honoured() {
     assert_eq!(h.alignment, 64);
     assert_eq!(h.data_offset % 64, 0);
     // Any unsigned width is accepted for the value.
-    let h = accept(
-        &Gguf::new()
-            .kv("general.alignment", ty::U64, &8u64.to_le_bytes())
-            .build(),
-    );
+    let h = accept(&Gguf::new().kv("general.alignment", ty::U64, &8u64.to_le_bytes()).build());
     assert_eq!(h.alignment, 8);
 }
 
@@ -759,22 +686,14 @@ fn tensor_with_zero_or_five_dims() {
         );
     }
     // Four is fine.
-    accept(
-        &Gguf::new()
-            .tensor("w", &[1, 1, 1, 1], T_F32, 0)
-            .data(&[0; 32])
-            .build(),
-    );
+    accept(&Gguf::new().tensor("w", &[1, 1, 1, 1], T_F32, 0).data(&[0; 32]).build());
 }
 
 #[test]
 fn dims_whose_product_overflows() {
-    for dims in [
-        vec![1u64 << 32, 1 << 32],
-        vec![u64::MAX],
-        vec![1 << 16, 1 << 16, 1 << 16, 1 << 16],
-        vec![2, i64::MAX as u64],
-    ] {
+    for dims in
+        [vec![1u64 << 32, 1 << 32], vec![u64::MAX], vec![1 << 16, 1 << 16, 1 << 16, 1 << 16], vec![2, i64::MAX as u64]]
+    {
         assert_err!(
             Gguf::new().tensor("big", &dims, T_F32, 0).data(&[0; 32]).build(),
             Error::BadTensor { ref name, .. } if name == "big",
@@ -788,20 +707,14 @@ fn dims_whose_product_overflows() {
 fn byte_size_that_overflows_is_not_called_a_block_size_error() {
     // 2^62 F32 elements fit in i64, but their 2^64 bytes do not fit in u64.
     let e = assert_err!(
-        Gguf::new()
-            .tensor("big", &[1 << 62], T_F32, 0)
-            .data(&[0; 32])
-            .build(),
+        Gguf::new().tensor("big", &[1 << 62], T_F32, 0).data(&[0; 32]).build(),
         Error::BadTensor { .. },
         "overflow",
     );
     assert!(!e.to_string().contains("block size"), "{e}");
     // Split across rows the same way.
     assert_err!(
-        Gguf::new()
-            .tensor("big", &[1 << 31, 1 << 31], T_F32, 0)
-            .data(&[0; 32])
-            .build(),
+        Gguf::new().tensor("big", &[1 << 31, 1 << 31], T_F32, 0).data(&[0; 32]).build(),
         Error::BadTensor { .. },
         "overflow",
     );
@@ -833,11 +746,7 @@ fn unknown_tensor_type_id() {
 
 #[test]
 fn row_length_not_a_multiple_of_the_block_size() {
-    for (type_id, row, block) in [
-        (T_Q4_0, 33u64, "32"),
-        (T_Q8_0, 16, "32"),
-        (T_Q4_K, 128, "256"),
-    ] {
+    for (type_id, row, block) in [(T_Q4_0, 33u64, "32"), (T_Q8_0, 16, "32"), (T_Q4_K, 128, "256")] {
         assert_err!(
             Gguf::new().tensor("q", &[row, 2], type_id, 0).data(&[0; 1024]).build(),
             Error::BadTensor { ref name, .. } if name == "q",
@@ -847,10 +756,7 @@ fn row_length_not_a_multiple_of_the_block_size() {
     }
     // The block size applies to the row, not the element count: 16 x 2 Q8_0 has 32 elements.
     assert_err!(
-        Gguf::new()
-            .tensor("q", &[16, 2], T_Q8_0, 0)
-            .data(&[0; 64])
-            .build(),
+        Gguf::new().tensor("q", &[16, 2], T_Q8_0, 0).data(&[0; 64]).build(),
         Error::BadTensor { .. },
         "not a multiple",
     );
@@ -864,12 +770,7 @@ fn misaligned_offset() {
         "data offset 4 is not a multiple of the alignment 32",
     );
     assert_err!(
-        Gguf::new()
-            .kv_u32("general.alignment", 64)
-            .tensor("m", &[1], T_F32, 32)
-            .pad_to(64)
-            .data(&[0; 128])
-            .build(),
+        Gguf::new().kv_u32("general.alignment", 64).tensor("m", &[1], T_F32, 32).pad_to(64).data(&[0; 128]).build(),
         Error::BadTensor { .. },
         "data offset 32 is not a multiple of the alignment 64",
     );
@@ -885,10 +786,7 @@ fn tensor_extent_past_the_end_of_the_file() {
     );
     // Starts past the end.
     assert_err!(
-        Gguf::new()
-            .tensor("t", &[1], T_F32, 1 << 20)
-            .data(&[0; 32])
-            .build(),
+        Gguf::new().tensor("t", &[1], T_F32, 1 << 20).data(&[0; 32]).build(),
         Error::BadTensor { .. },
         "outside the data section",
     );
@@ -941,11 +839,7 @@ fn tensor_count_over_the_limit() {
         );
     }
     // At the limit the count is believed, and the missing infos are a truncation.
-    assert_err!(
-        Gguf::new().counts(TENSOR_COUNT_MAX, 0).header(),
-        Error::Truncated { .. },
-        "tensor name",
-    );
+    assert_err!(Gguf::new().counts(TENSOR_COUNT_MAX, 0).header(), Error::Truncated { .. }, "tensor name",);
 }
 
 #[test]
@@ -959,11 +853,7 @@ fn kv_count_over_the_limit() {
             "above the limit",
         );
     }
-    assert_err!(
-        Gguf::new().counts(0, KV_COUNT_MAX).header(),
-        Error::Truncated { .. },
-        "metadata key",
-    );
+    assert_err!(Gguf::new().counts(0, KV_COUNT_MAX).header(), Error::Truncated { .. }, "metadata key",);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -991,24 +881,11 @@ fn every_value_type() -> Metadata {
     md.set("array.empty", Value::Array(vec![]));
     md.set(
         "array.strings",
-        Value::Array(vec![
-            Value::String("<s>".into()),
-            Value::String("</s>".into()),
-            Value::String(String::new()),
-        ]),
+        Value::Array(vec![Value::String("<s>".into()), Value::String("</s>".into()), Value::String(String::new())]),
     );
-    md.set(
-        "array.f32",
-        Value::Array(vec![Value::F32(0.0), Value::F32(-0.5), Value::F32(1e30)]),
-    );
-    md.set(
-        "array.i64",
-        Value::Array(vec![Value::I64(-1), Value::I64(1 << 40)]),
-    );
-    md.set(
-        "array.bool",
-        Value::Array(vec![Value::Bool(true), Value::Bool(false)]),
-    );
+    md.set("array.f32", Value::Array(vec![Value::F32(0.0), Value::F32(-0.5), Value::F32(1e30)]));
+    md.set("array.i64", Value::Array(vec![Value::I64(-1), Value::I64(1 << 40)]));
+    md.set("array.bool", Value::Array(vec![Value::Bool(true), Value::Bool(false)]));
     md.set(
         "array.nested",
         Value::Array(vec![
@@ -1017,12 +894,7 @@ fn every_value_type() -> Metadata {
             Value::Array(vec![Value::U16(3)]),
         ]),
     );
-    md.set(
-        "array.nested3",
-        Value::Array(vec![Value::Array(vec![Value::Array(vec![Value::String(
-            "deep".into(),
-        )])])]),
-    );
+    md.set("array.nested3", Value::Array(vec![Value::Array(vec![Value::Array(vec![Value::String("deep".into())])])]));
     md
 }
 
@@ -1047,9 +919,7 @@ struct TempPath(PathBuf);
 
 impl TempPath {
     fn new(tag: &str) -> TempPath {
-        TempPath(
-            std::env::temp_dir().join(format!("prima-gguf-reject-{}-{tag}", std::process::id())),
-        )
+        TempPath(std::env::temp_dir().join(format!("prima-gguf-reject-{}-{tag}", std::process::id())))
     }
 }
 
@@ -1065,24 +935,9 @@ fn check_round_trip(md: &Metadata, expected_alignment: u64) {
     let b = [q8_0_block(0x3c00, 1), q8_0_block(0xbc00, 0xfe)].concat();
     let c = vec![7u8; 3];
     let tensors = [
-        TensorToWrite {
-            name: "token_embd.weight".into(),
-            dims: vec![3, 2],
-            ggml_type: GgmlType::F32,
-            data: &a,
-        },
-        TensorToWrite {
-            name: "blk.0.attn_q.weight".into(),
-            dims: vec![32, 2],
-            ggml_type: GgmlType::Q8_0,
-            data: &b,
-        },
-        TensorToWrite {
-            name: "i8.tail".into(),
-            dims: vec![3],
-            ggml_type: GgmlType::I8,
-            data: &c,
-        },
+        TensorToWrite { name: "token_embd.weight".into(), dims: vec![3, 2], ggml_type: GgmlType::F32, data: &a },
+        TensorToWrite { name: "blk.0.attn_q.weight".into(), dims: vec![32, 2], ggml_type: GgmlType::Q8_0, data: &b },
+        TensorToWrite { name: "i8.tail".into(), dims: vec![3], ggml_type: GgmlType::I8, data: &c },
     ];
     let bytes = write_to_vec(md, &tensors);
     let h = accept(&bytes);
@@ -1179,17 +1034,11 @@ fn open_directory_is_an_error() {
 fn open_empty_and_truncated_files() {
     let path = TempPath::new("empty.gguf");
     std::fs::write(&path.0, b"").unwrap();
-    assert!(matches!(
-        GgufFile::open(&path.0),
-        Err(Error::Truncated { .. })
-    ));
+    assert!(matches!(GgufFile::open(&path.0), Err(Error::Truncated { .. })));
 
     let full = small_valid();
     std::fs::write(&path.0, &full[..full.len() - 1]).unwrap();
-    assert!(matches!(
-        GgufFile::open(&path.0),
-        Err(Error::BadTensor { .. })
-    ));
+    assert!(matches!(GgufFile::open(&path.0), Err(Error::BadTensor { .. })));
     std::fs::write(&path.0, &full).unwrap();
     assert_eq!(GgufFile::open(&path.0).unwrap().tensors().len(), 2);
 }
@@ -1212,18 +1061,8 @@ fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let a = f32_bytes([1.0, -2.0, 0.5, 0.0]);
     let b = q8_0_block(0x3c00, 3);
     let with_tensors = [
-        TensorToWrite {
-            name: "a".into(),
-            dims: vec![2, 2],
-            ggml_type: GgmlType::F32,
-            data: &a,
-        },
-        TensorToWrite {
-            name: "b".into(),
-            dims: vec![32],
-            ggml_type: GgmlType::Q8_0,
-            data: &b,
-        },
+        TensorToWrite { name: "a".into(), dims: vec![2, 2], ggml_type: GgmlType::F32, data: &a },
+        TensorToWrite { name: "b".into(), dims: vec![32], ggml_type: GgmlType::Q8_0, data: &b },
     ];
 
     let mut aligned = Metadata::default();
@@ -1231,20 +1070,11 @@ fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
     aligned.set("general.alignment", Value::U32(64));
     aligned.set(
         "tokenizer.ggml.tokens",
-        Value::Array(
-            ["<unk>", "<s>", "</s>", "▁a"]
-                .map(|s| Value::String(s.into()))
-                .to_vec(),
-        ),
+        Value::Array(["<unk>", "<s>", "</s>", "▁a"].map(|s| Value::String(s.into())).to_vec()),
     );
     aligned.set(
         "tokenizer.ggml.scores",
-        Value::Array(vec![
-            Value::F32(0.0),
-            Value::F32(0.0),
-            Value::F32(0.0),
-            Value::F32(-1.0),
-        ]),
+        Value::Array(vec![Value::F32(0.0), Value::F32(0.0), Value::F32(0.0), Value::F32(-1.0)]),
     );
     let q4k = vec![0u8; 144];
     let h = vec![0u8; 6];
@@ -1255,12 +1085,7 @@ fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
             ggml_type: GgmlType::Q4_K,
             data: &q4k,
         },
-        TensorToWrite {
-            name: "output_norm.weight".into(),
-            dims: vec![3],
-            ggml_type: GgmlType::F16,
-            data: &h,
-        },
+        TensorToWrite { name: "output_norm.weight".into(), dims: vec![3], ggml_type: GgmlType::F16, data: &h },
     ];
 
     vec![
@@ -1306,10 +1131,7 @@ fn fuzz_invariants(bytes: &[u8]) {
     if let Ok(h) = parse(bytes) {
         let data_len = (bytes.len() as u64).saturating_sub(h.data_offset);
         for t in &h.tensors {
-            assert!(t
-                .offset
-                .checked_add(t.n_bytes)
-                .is_some_and(|end| end <= data_len));
+            assert!(t.offset.checked_add(t.n_bytes).is_some_and(|end| end <= data_len));
         }
     }
 }

@@ -23,8 +23,7 @@ fn smollm_path() -> PathBuf {
 
 fn reference() -> serde_json::Value {
     let path = repo_root().join("../shared/reference/smollm2-q4_1.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -37,11 +36,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
         .iter()
-        .map(|x| {
-            x.as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .unwrap_or(u32::MAX)
-        })
+        .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()).unwrap_or(u32::MAX))
         .collect()
 }
 
@@ -50,30 +45,15 @@ fn smollm2_tokenizes_like_llama_cpp() {
     // Goal: exact llama.cpp ids for SmolLM2; method: every text and prompt of the reference file.
     let tok = smollm();
     let reference = reference();
-    let cases = reference["tokenize"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let cases = reference["tokenize"].as_array().cloned().unwrap_or_default();
     assert!(!cases.is_empty());
     for case in &cases {
         let text = case["text"].as_str().unwrap_or_default();
-        assert_eq!(
-            tok.encode(text, true, true),
-            ids(&case["ids"]),
-            "text {text:?}"
-        );
+        assert_eq!(tok.encode(text, true, true), ids(&case["ids"]), "text {text:?}");
     }
-    for generation in reference["generation"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    for generation in reference["generation"].as_array().cloned().unwrap_or_default() {
         let prompt = generation["prompt"].as_str().unwrap_or_default();
-        assert_eq!(
-            tok.encode(prompt, true, true),
-            ids(&generation["prompt_ids"]),
-            "prompt {prompt:?}"
-        );
+        assert_eq!(tok.encode(prompt, true, true), ids(&generation["prompt_ids"]), "prompt {prompt:?}");
     }
 }
 
@@ -81,20 +61,10 @@ fn smollm2_tokenizes_like_llama_cpp() {
 fn smollm2_decodes_like_llama_cpp() {
     // Goal: decoding reproduces llama.cpp's text and per-token bytes; method: reference outputs.
     let tok = smollm();
-    for generation in reference()["generation"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    for generation in reference()["generation"].as_array().cloned().unwrap_or_default() {
         let out = ids(&generation["output_ids"]);
-        assert_eq!(
-            tok.decode(&out),
-            generation["output_text"].as_str().unwrap_or_default()
-        );
-        let pieces = generation["output_piece_bytes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        assert_eq!(tok.decode(&out), generation["output_text"].as_str().unwrap_or_default());
+        let pieces = generation["output_piece_bytes"].as_array().cloned().unwrap_or_default();
         assert_eq!(pieces.len(), out.len());
         for (&id, bytes) in out.iter().zip(&pieces) {
             let expect: Vec<u8> = ids(bytes).into_iter().map(|b| b as u8).collect();
@@ -115,14 +85,9 @@ fn smollm2_decodes_like_llama_cpp() {
 fn smollm2_chat_template_builds_the_reference_prompt() {
     // Goal: the model's own template renders llama.cpp's chat prompt; method: reference messages.
     let file = GgufFile::open(smollm_path()).unwrap_or_else(|e| panic!("{e}"));
-    let template =
-        gguf::chat::template_from_metadata(file.metadata()).unwrap_or_else(|e| panic!("{e}"));
+    let template = gguf::chat::template_from_metadata(file.metadata()).unwrap_or_else(|e| panic!("{e}"));
     assert!(template.is_some());
-    for generation in reference()["generation"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    for generation in reference()["generation"].as_array().cloned().unwrap_or_default() {
         let Some(messages) = generation["messages"].as_array() else {
             continue;
         };
@@ -135,9 +100,8 @@ fn smollm2_chat_template_builds_the_reference_prompt() {
                 )
             })
             .collect();
-        let prompt =
-            gguf::chat::render_chat(template, &messages, true, "<|im_start|>", "<|im_end|>")
-                .unwrap_or_else(|e| panic!("{e}"));
+        let prompt = gguf::chat::render_chat(template, &messages, true, "<|im_start|>", "<|im_end|>")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(prompt, generation["prompt"].as_str().unwrap_or_default());
     }
 }
@@ -195,9 +159,7 @@ fn i32s(list: &[i32]) -> Value {
 fn round_trip(md: &Metadata) -> Metadata {
     let mut bytes = Vec::new();
     gguf::write_gguf(&mut bytes, md, &[]).unwrap_or_else(|e| panic!("{e}"));
-    gguf::parse_header(&bytes, bytes.len() as u64)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .metadata
+    gguf::parse_header(&bytes, bytes.len() as u64).unwrap_or_else(|e| panic!("{e}")).metadata
 }
 
 fn build(md: &Metadata) -> Tokenizer {
@@ -221,14 +183,8 @@ fn spm_metadata(extra: &[(&str, f32)]) -> Metadata {
     }
     let mut md = Metadata::default();
     md.set("tokenizer.ggml.model", Value::String("llama".into()));
-    md.set(
-        "tokenizer.ggml.tokens",
-        Value::Array(texts.into_iter().map(Value::String).collect()),
-    );
-    md.set(
-        "tokenizer.ggml.scores",
-        Value::Array(scores.into_iter().map(Value::F32).collect()),
-    );
+    md.set("tokenizer.ggml.tokens", Value::Array(texts.into_iter().map(Value::String).collect()));
+    md.set("tokenizer.ggml.scores", Value::Array(scores.into_iter().map(Value::F32).collect()));
     md.set("tokenizer.ggml.token_type", i32s(&types));
     md
 }
@@ -248,10 +204,7 @@ const SPM_WORDS: &[(&str, f32)] = &[
 ];
 
 fn spm_id(text: &str) -> u32 {
-    259 + SPM_WORDS
-        .iter()
-        .position(|(t, _)| *t == text)
-        .unwrap_or(usize::MAX) as u32
+    259 + SPM_WORDS.iter().position(|(t, _)| *t == text).unwrap_or(usize::MAX) as u32
 }
 
 #[test]
@@ -261,21 +214,12 @@ fn spm_merges_by_score_with_space_prefix_and_bos() {
     assert_eq!(tok.bos(), Some(1));
     assert_eq!(tok.eos(), Some(2));
     assert!(tok.add_bos());
-    assert_eq!(
-        tok.encode("hello", true, false),
-        [1, spm_id("\u{2581}he"), spm_id("llo")]
-    );
-    assert_eq!(
-        tok.encode("hello", false, false),
-        [spm_id("\u{2581}he"), spm_id("llo")]
-    );
+    assert_eq!(tok.encode("hello", true, false), [1, spm_id("\u{2581}he"), spm_id("llo")]);
+    assert_eq!(tok.encode("hello", false, false), [spm_id("\u{2581}he"), spm_id("llo")]);
     assert_eq!(tok.encode("", true, false), [1]);
     assert_eq!(tok.decode(&[spm_id("\u{2581}he"), spm_id("llo")]), "hello");
     // llama.cpp only drops the leading space from the very first piece, here BOS's empty one.
-    assert_eq!(
-        tok.decode(&[1, spm_id("\u{2581}he"), spm_id("llo")]),
-        " hello"
-    );
+    assert_eq!(tok.decode(&[1, spm_id("\u{2581}he"), spm_id("llo")]), " hello");
     assert!(tok.is_eog(2));
 }
 
@@ -296,30 +240,17 @@ fn spm_honours_add_space_prefix_false() {
     md.set("tokenizer.ggml.add_space_prefix", Value::Bool(false));
     md.set("tokenizer.ggml.add_bos_token", Value::Bool(false));
     let tok = build(&md);
-    assert_eq!(
-        tok.encode("hello", true, false),
-        [spm_id("he"), spm_id("llo")]
-    );
+    assert_eq!(tok.encode("hello", true, false), [spm_id("he"), spm_id("llo")]);
 }
 
 #[test]
 fn spm_parses_control_tokens_only_when_asked() {
     // Goal: parse_special and the space after a special token; method: "<s>hi" both ways.
     let tok = build(&spm_metadata(SPM_WORDS));
-    assert_eq!(
-        tok.encode("<s>hi", false, true),
-        [1, spm_id("\u{2581}h"), spm_id("i")]
-    );
+    assert_eq!(tok.encode("<s>hi", false, true), [1, spm_id("\u{2581}h"), spm_id("i")]);
     assert_eq!(
         tok.encode("<s>hi", false, false),
-        [
-            spm_id("\u{2581}"),
-            3 + 0x3C,
-            3 + 0x73,
-            3 + 0x3E,
-            spm_id("h"),
-            spm_id("i")
-        ]
+        [spm_id("\u{2581}"), 3 + 0x3C, 3 + 0x73, 3 + 0x3E, spm_id("h"), spm_id("i")]
     );
 }
 
@@ -334,12 +265,7 @@ fn gpt2_char(b: u8) -> char {
 }
 
 const BPE_MERGES: &[&str] = &["Ġ t", "h e", "Ġt he", "1 2", "d o", "do n", "' t"];
-const BPE_SPECIALS: &[&str] = &[
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<|begin_of_text|>",
-];
+const BPE_SPECIALS: &[&str] = &["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>"];
 
 /// A byte-level vocabulary: the 256 byte symbols, the merge results, a whole word without merges
 /// ("abc"), then control tokens.
@@ -357,20 +283,11 @@ fn bpe_metadata(pre: &str) -> Metadata {
     let mut md = Metadata::default();
     md.set("tokenizer.ggml.model", Value::String("gpt2".into()));
     md.set("tokenizer.ggml.pre", Value::String(pre.into()));
-    md.set(
-        "tokenizer.ggml.tokens",
-        Value::Array(texts.into_iter().map(Value::String).collect()),
-    );
+    md.set("tokenizer.ggml.tokens", Value::Array(texts.into_iter().map(Value::String).collect()));
     md.set("tokenizer.ggml.token_type", i32s(&types));
     md.set("tokenizer.ggml.merges", strings(BPE_MERGES));
-    md.set(
-        "tokenizer.ggml.bos_token_id",
-        Value::U32(bpe_id("<|begin_of_text|>")),
-    );
-    md.set(
-        "tokenizer.ggml.eos_token_id",
-        Value::U32(bpe_id("<|endoftext|>")),
-    );
+    md.set("tokenizer.ggml.bos_token_id", Value::U32(bpe_id("<|begin_of_text|>")));
+    md.set("tokenizer.ggml.eos_token_id", Value::U32(bpe_id("<|endoftext|>")));
     md
 }
 
@@ -386,9 +303,7 @@ fn bpe_id(text: &str) -> u32 {
     }
     let mut chars = text.chars();
     match (chars.next(), chars.next()) {
-        (Some(c), None) => (0..=255u8)
-            .find(|&b| gpt2_char(b) == c)
-            .map_or(u32::MAX, u32::from),
+        (Some(c), None) => (0..=255u8).find(|&b| gpt2_char(b) == c).map_or(u32::MAX, u32::from),
         _ => u32::MAX,
     }
 }
@@ -402,11 +317,7 @@ fn qwen2_splits_digits_and_merges_by_rank() {
     // Goal: qwen2's pre-tokenizer and rank-ordered merges; method: " the 123" and "abc".
     for pre in ["qwen2", "deepseek-r1-qwen"] {
         let tok = build(&bpe_metadata(pre));
-        assert_eq!(
-            tok.encode(" the 123", false, false),
-            bpe_ids(&["Ġthe", "Ġ", "1", "2", "3"]),
-            "{pre}"
-        );
+        assert_eq!(tok.encode(" the 123", false, false), bpe_ids(&["Ġthe", "Ġ", "1", "2", "3"]), "{pre}");
         // Without ignore_merges a word is merged even when it is a token itself.
         assert_eq!(tok.encode("abc", false, false), bpe_ids(&["a", "b", "c"]));
         assert!(!tok.add_bos());
@@ -436,18 +347,11 @@ fn gpt2_family_splits_contractions() {
     // Goal: the GPT-2 regex (smollm's second regex) and regex chaining; method: "don't".
     for pre in ["smollm", "gpt-2"] {
         let tok = build(&bpe_metadata(pre));
-        assert_eq!(
-            tok.encode("don't", false, false),
-            bpe_ids(&["don", "'t"]),
-            "{pre}"
-        );
+        assert_eq!(tok.encode("don't", false, false), bpe_ids(&["don", "'t"]), "{pre}");
     }
     // "default" first splits off punctuation runs, so the apostrophe stands alone.
     let tok = build(&bpe_metadata("default"));
-    assert_eq!(
-        tok.encode("don't", false, false),
-        bpe_ids(&["don", "'", "t"])
-    );
+    assert_eq!(tok.encode("don't", false, false), bpe_ids(&["don", "'", "t"]));
 }
 
 #[test]
@@ -471,10 +375,7 @@ fn bpe_special_tokens_and_eog() {
 fn metadata_eot_id_wins_over_text_detection() {
     // Goal: tokenizer.ggml.eot_token_id is honoured; method: point it at <|endoftext|>.
     let mut md = bpe_metadata("qwen2");
-    md.set(
-        "tokenizer.ggml.eot_token_id",
-        Value::U32(bpe_id("<|endoftext|>")),
-    );
+    md.set("tokenizer.ggml.eot_token_id", Value::U32(bpe_id("<|endoftext|>")));
     assert_eq!(build(&md).eot(), Some(bpe_id("<|endoftext|>")));
 }
 
@@ -484,10 +385,7 @@ fn rejects_bad_tokenizer_metadata() {
     let err = |md: &Metadata| Tokenizer::from_metadata(&round_trip(md)).is_err();
 
     let mut md = bpe_metadata("qwen2");
-    md.set(
-        "tokenizer.ggml.model",
-        Value::String("wordpiece-ish".into()),
-    );
+    md.set("tokenizer.ggml.model", Value::String("wordpiece-ish".into()));
     assert!(err(&md), "unknown model");
 
     assert!(err(&bpe_metadata("no-such-pre")), "unknown pre");
@@ -542,14 +440,10 @@ fn llama_cpp_vocab_test_files() {
     for path in entries {
         let inp = path.with_extension("gguf.inp");
         let out = path.with_extension("gguf.out");
-        let (Ok(inp), Ok(out)) = (std::fs::read_to_string(&inp), std::fs::read_to_string(&out))
-        else {
+        let (Ok(inp), Ok(out)) = (std::fs::read_to_string(&inp), std::fs::read_to_string(&out)) else {
             continue;
         };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tok = match GgufFile::open(&path).and_then(|f| Tokenizer::from_metadata(f.metadata())) {
             Ok(t) => t,
             Err(e) => {
@@ -561,23 +455,15 @@ fn llama_cpp_vocab_test_files() {
         let expects: Vec<&str> = out.lines().collect();
         let mut n_ok = 0;
         for (text, expect) in texts.iter().zip(&expects) {
-            let expect: Vec<u32> = expect
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
+            let expect: Vec<u32> = expect.split_whitespace().filter_map(|x| x.parse().ok()).collect();
             let got = tok.encode(text, false, false);
             if got == expect {
                 n_ok += 1;
             } else {
-                failures.push(format!(
-                    "{name}: {text:?}\n  want {expect:?}\n  got  {got:?}"
-                ));
+                failures.push(format!("{name}: {text:?}\n  want {expect:?}\n  got  {got:?}"));
             }
         }
-        eprintln!(
-            "{name}: {n_ok}/{} cases match",
-            texts.len().min(expects.len())
-        );
+        eprintln!("{name}: {n_ok}/{} cases match", texts.len().min(expects.len()));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

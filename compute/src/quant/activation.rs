@@ -32,11 +32,7 @@ pub struct BlockQ8K {
 
 impl Default for BlockQ8K {
     fn default() -> Self {
-        BlockQ8K {
-            d: 0.0,
-            qs: [0; 256],
-            bsums: [0; 16],
-        }
+        BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] }
     }
 }
 
@@ -60,10 +56,7 @@ pub fn quantize_q8_0(x: &[f32], out: &mut Vec<BlockQ8_0>) {
         let m = amax(chunk);
         let d = m / 127.0;
         let id = if m != 0.0 { 127.0 / m } else { 0.0 };
-        let mut b = BlockQ8_0 {
-            d: f16_round(d),
-            qs: [0; 32],
-        };
+        let mut b = BlockQ8_0 { d: f16_round(d), qs: [0; 32] };
         for (q, v) in b.qs.iter_mut().zip(chunk) {
             *q = round_even(v * id) as i8;
         }
@@ -78,11 +71,7 @@ pub fn quantize_q8_1(x: &[f32], out: &mut Vec<BlockQ8_1>) {
         let m = amax(chunk);
         let d = m / 127.0;
         let id = if m != 0.0 { 127.0 / m } else { 0.0 };
-        let mut b = BlockQ8_1 {
-            d: f16_round(d),
-            s: 0.0,
-            qs: [0; 32],
-        };
+        let mut b = BlockQ8_1 { d: f16_round(d), s: 0.0, qs: [0; 32] };
         let mut sum = 0i32;
         for (q, v) in b.qs.iter_mut().zip(chunk) {
             let r = round_even(v * id);
@@ -128,9 +117,7 @@ mod tests {
     #[test]
     fn q8_0_round_trips_within_half_step() {
         // Goal: dequantized Q8_0 stays within half a quantization step of the input.
-        let x: Vec<f32> = (0..64)
-            .map(|i| ((i * 37 % 19) as f32 - 9.0) * 0.13)
-            .collect();
+        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 19) as f32 - 9.0) * 0.13).collect();
         let mut q = Vec::new();
         quantize_q8_0(&x, &mut q);
         for (b, chunk) in q.iter().zip(x.chunks_exact(32)) {
@@ -149,13 +136,7 @@ mod tests {
         let b = &q[0];
         assert_eq!(b.qs[255], -127);
         for (j, s) in b.bsums.iter().enumerate() {
-            assert_eq!(
-                *s,
-                b.qs[j * 16..j * 16 + 16]
-                    .iter()
-                    .map(|&v| v as i16)
-                    .sum::<i16>()
-            );
+            assert_eq!(*s, b.qs[j * 16..j * 16 + 16].iter().map(|&v| v as i16).sum::<i16>());
         }
         assert!((b.qs[0] as f32 * b.d - x[0]).abs() < 0.05);
     }

@@ -17,8 +17,7 @@ use gguf::GgmlType;
 use half::f16;
 
 use crate::quant::tables::{
-    IQ1S_DELTA, IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID,
-    KSIGNS_IQ2XS, KVALUES_IQ4NL,
+    IQ1S_DELTA, IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS, KVALUES_IQ4NL,
 };
 use crate::{Error, Result};
 
@@ -30,15 +29,10 @@ pub type DequantizeFn = fn(src: &[u8], dst: &mut [f32]);
 /// `src` must be exactly `ty.row_bytes(dst.len())` bytes; anything else, or a type without a
 /// dequantizer (the integer types and F64), is an `Err`.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
-    let f = dequantize_fn(ty)
-        .ok_or_else(|| Error::Unsupported(format!("dequantization of {ty} to f32")))?;
+    let f = dequantize_fn(ty).ok_or_else(|| Error::Unsupported(format!("dequantization of {ty} to f32")))?;
     let expected = row_bytes(ty, dst.len())?;
     if src.len() != expected {
-        return Err(Error::BadLength {
-            ty,
-            expected,
-            actual: src.len(),
-        });
+        return Err(Error::BadLength { ty, expected, actual: src.len() });
     }
     f(src, dst);
     Ok(())
@@ -48,15 +42,10 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 ///
 /// The byte count is checked before allocating, so the allocation is bounded by `src.len()`.
 pub fn dequantize_tensor_f32(ty: GgmlType, src: &[u8], n_elements: usize) -> Result<Vec<f32>> {
-    let f = dequantize_fn(ty)
-        .ok_or_else(|| Error::Unsupported(format!("dequantization of {ty} to f32")))?;
+    let f = dequantize_fn(ty).ok_or_else(|| Error::Unsupported(format!("dequantization of {ty} to f32")))?;
     let expected = row_bytes(ty, n_elements)?;
     if src.len() != expected {
-        return Err(Error::BadLength {
-            ty,
-            expected,
-            actual: src.len(),
-        });
+        return Err(Error::BadLength { ty, expected, actual: src.len() });
     }
     let mut dst = vec![0.0; n_elements];
     f(src, &mut dst);
@@ -98,11 +87,7 @@ pub fn dequantize_fn(ty: GgmlType) -> Option<DequantizeFn> {
 
 /// Bytes that `n_elements` of `ty` occupy, or `Err` if that is not a whole number of blocks.
 fn row_bytes(ty: GgmlType, n_elements: usize) -> Result<usize> {
-    let not_aligned = || Error::NotBlockAligned {
-        ty,
-        n_elements,
-        block_size: ty.block_size(),
-    };
+    let not_aligned = || Error::NotBlockAligned { ty, n_elements, block_size: ty.block_size() };
     let bytes = ty.row_bytes(n_elements as u64).ok_or_else(not_aligned)?;
     usize::try_from(bytes).map_err(|_| not_aligned())
 }
@@ -120,11 +105,7 @@ macro_rules! row_fn {
     };
 }
 
-fn for_each_block<const TS: usize, const BS: usize>(
-    src: &[u8],
-    dst: &mut [f32],
-    block: fn(&[u8; TS], &mut [f32; BS]),
-) {
+fn for_each_block<const TS: usize, const BS: usize>(src: &[u8], dst: &mut [f32], block: fn(&[u8; TS], &mut [f32; BS])) {
     assert!(
         dst.len().is_multiple_of(BS) && src.len() == dst.len() / BS * TS,
         "dequantize: {} bytes for {} elements (blocks of {BS} elements in {TS} bytes)",
@@ -531,10 +512,7 @@ fn block_iq2_xs(x: &[u8; 74], y: &mut [f32; 256]) {
     let d = f16_at(x, 0);
     let scales = &x[66..74];
     for ib in 0..8 {
-        let db = [
-            d * (0.5 + f32::from(scales[ib] & 0x0f)) * 0.25,
-            d * (0.5 + f32::from(scales[ib] >> 4)) * 0.25,
-        ];
+        let db = [d * (0.5 + f32::from(scales[ib] & 0x0f)) * 0.25, d * (0.5 + f32::from(scales[ib] >> 4)) * 0.25];
         for l in 0..4 {
             let q = u16_at(x, 2 + 2 * (4 * ib + l));
             let row = IQ2XS_GRID[usize::from(q & 511)];
@@ -548,10 +526,7 @@ fn block_iq2_s(x: &[u8; 82], y: &mut [f32; 256]) {
     let d = f16_at(x, 0);
     let (qs, signs, qh, scales) = (&x[2..34], &x[34..66], &x[66..74], &x[74..82]);
     for ib in 0..8 {
-        let db = [
-            d * (0.5 + f32::from(scales[ib] & 0x0f)) * 0.25,
-            d * (0.5 + f32::from(scales[ib] >> 4)) * 0.25,
-        ];
+        let db = [d * (0.5 + f32::from(scales[ib] & 0x0f)) * 0.25, d * (0.5 + f32::from(scales[ib] >> 4)) * 0.25];
         for l in 0..4 {
             let high = (usize::from(qh[ib]) >> (2 * l)) & 3;
             let row = IQ2S_GRID[usize::from(qs[4 * ib + l]) | (high << 8)];
@@ -577,10 +552,7 @@ fn block_iq3_xxs(x: &[u8; 98], y: &mut [f32; 256]) {
         for l in 0..4 {
             let signs = KSIGNS_IQ2XS[((aux >> (7 * l)) & 127) as usize];
             let q = &qs[8 * ib + 2 * l..];
-            let rows = [
-                IQ3XXS_GRID[usize::from(q[0])],
-                IQ3XXS_GRID[usize::from(q[1])],
-            ];
+            let rows = [IQ3XXS_GRID[usize::from(q[0])], IQ3XXS_GRID[usize::from(q[1])]];
             put_grid4x2(&mut y[32 * ib + 8 * l..], db, rows, signs);
         }
     }
@@ -616,11 +588,7 @@ fn block_iq1_s(x: &[u8; 50], y: &mut [f32; 256]) {
     for ib in 0..8 {
         let qh = u16_at(x, 34 + 2 * ib);
         let dl = d * f32::from(2 * ((qh >> 12) & 7) + 1);
-        let delta = if qh & 0x8000 != 0 {
-            -IQ1S_DELTA
-        } else {
-            IQ1S_DELTA
-        };
+        let delta = if qh & 0x8000 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
         for l in 0..4 {
             let index = usize::from(qs[4 * ib + l]) | (usize::from((qh >> (3 * l)) & 7) << 8);
             put_iq1_row(&mut y[32 * ib + 8 * l..], dl, IQ1S_GRID[index], delta);
@@ -631,27 +599,18 @@ fn block_iq1_s(x: &[u8; 50], y: &mut [f32; 256]) {
 fn block_iq1_m(x: &[u8; 56], y: &mut [f32; 256]) {
     let (qs, qh) = (&x[0..32], &x[32..48]);
     let sc = [u16_at(x, 48), u16_at(x, 50), u16_at(x, 52), u16_at(x, 54)];
-    let d_bits =
-        (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
+    let d_bits = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
     let d = f16::from_bits(d_bits).to_f32();
     for ib in 0..8 {
         let s = sc[ib / 2] >> (6 * (ib % 2));
-        let dl = [
-            d * f32::from(2 * (s & 7) + 1),
-            d * f32::from(2 * ((s >> 3) & 7) + 1),
-        ];
+        let dl = [d * f32::from(2 * (s & 7) + 1), d * f32::from(2 * ((s >> 3) & 7) + 1)];
         for l in 0..4 {
             // Each qh byte serves two 8-element rows: bits 0..3 the first, bits 4..7 the second;
             // in each nibble, 3 index bits and a delta sign bit.
             let h = qh[2 * ib + l / 2] >> (4 * (l % 2));
             let index = usize::from(qs[4 * ib + l]) | (usize::from(h & 7) << 8);
             let delta = if h & 8 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
-            put_iq1_row(
-                &mut y[32 * ib + 8 * l..],
-                dl[l / 2],
-                IQ1S_GRID[index],
-                delta,
-            );
+            put_iq1_row(&mut y[32 * ib + 8 * l..], dl[l / 2], IQ1S_GRID[index], delta);
         }
     }
 }
@@ -696,14 +655,8 @@ mod tests {
     fn check_err(ty: GgmlType, n_src: usize, n_dst: usize) {
         let src = vec![0u8; n_src];
         let mut dst = vec![0.0f32; n_dst];
-        assert!(
-            dequantize_row(ty, &src, &mut dst).is_err(),
-            "{ty}: {n_src} bytes, {n_dst} elems"
-        );
-        assert!(
-            dequantize_tensor_f32(ty, &src, n_dst).is_err(),
-            "{ty}: {n_src}, {n_dst}"
-        );
+        assert!(dequantize_row(ty, &src, &mut dst).is_err(), "{ty}: {n_src} bytes, {n_dst} elems");
+        assert!(dequantize_tensor_f32(ty, &src, n_dst).is_err(), "{ty}: {n_src}, {n_dst}");
     }
 
     /// Wrong lengths are `Err`, never a panic.
@@ -741,19 +694,11 @@ mod tests {
         // Method: match on the variant and its fields for each kind of rejection.
         let mut dst = [0.0f32; 32];
         match dequantize_row(GgmlType::Q8_0, &[0; 33], &mut dst) {
-            Err(Error::BadLength {
-                ty: GgmlType::Q8_0,
-                expected: 34,
-                actual: 33,
-            }) => {}
+            Err(Error::BadLength { ty: GgmlType::Q8_0, expected: 34, actual: 33 }) => {}
             other => panic!("{other:?}"),
         }
         match dequantize_row(GgmlType::Q4_K, &[0; 144], &mut dst) {
-            Err(Error::NotBlockAligned {
-                ty: GgmlType::Q4_K,
-                n_elements: 32,
-                block_size: 256,
-            }) => {}
+            Err(Error::NotBlockAligned { ty: GgmlType::Q4_K, n_elements: 32, block_size: 256 }) => {}
             other => panic!("{other:?}"),
         }
         match dequantize_row(GgmlType::I32, &[0; 128], &mut dst) {
@@ -765,10 +710,7 @@ mod tests {
     #[test]
     fn empty_row_is_ok() {
         // Zero elements take zero bytes for every supported type.
-        for ty in ALL_TYPES
-            .into_iter()
-            .filter(|&t| dequantize_fn(t).is_some())
-        {
+        for ty in ALL_TYPES.into_iter().filter(|&t| dequantize_fn(t).is_some()) {
             dequantize_row(ty, &[], &mut []).unwrap();
         }
     }

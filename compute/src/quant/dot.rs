@@ -18,6 +18,24 @@ use super::tables::{IQ1S_GRID, KVALUES_IQ4NL};
 /// `IQ1S_DELTA` from ggml-common.h: the offset added to every IQ1_S grid value.
 const IQ1S_DELTA: f32 = 0.125;
 
+/// One block's contribution to ggml's 8-lane x86 accumulator: lane `l` holds the integer sum of
+/// elements `4l..4l+4` of the block, scaled and fused-multiply-added into `acc[l]`.
+/// Summing in ggml's lane order keeps results bit-identical to llama.cpp on x86, which matters
+/// because attention later rounds to f16 and greedy decoding amplifies any flipped rounding.
+#[inline]
+fn lanes_fma(acc: &mut [f32; 8], d: f32, lanes: &[i32; 8]) {
+    for (a, &l) in acc.iter_mut().zip(lanes) {
+        *a = d.mul_add(l as f32, *a);
+    }
+}
+
+/// ggml's `hsum_float_8`: high and low halves, then pairs, then the last two.
+#[inline]
+fn hsum8(acc: &[f32; 8]) -> f32 {
+    let r = [acc[4] + acc[0], acc[5] + acc[1], acc[6] + acc[2], acc[7] + acc[3]];
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
 #[inline]
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
@@ -42,19 +60,21 @@ pub fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 
 /// Q4_1 (20-byte blocks: f16 d, f16 m, 16 bytes of nibbles) · Q8_1.
 pub fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = [0.0f32; 8];
+    let mut summs = 0.0f32;
     for (blk, y) in w.chunks_exact(20).zip(a) {
         let d = f16_at(blk, 0);
         let m = f16_at(blk, 2);
         let qs = &blk[4..20];
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            sumi +=
-                (qs[j] & 0x0F) as i32 * y.qs[j] as i32 + (qs[j] >> 4) as i32 * y.qs[j + 16] as i32;
+        summs = m.mul_add(y.s, summs);
+        let mut lanes = [0i32; 8];
+        for (j, &b) in qs.iter().enumerate() {
+            lanes[j / 4] += (b & 0x0F) as i32 * y.qs[j] as i32;
+            lanes[4 + j / 4] += (b >> 4) as i32 * y.qs[j + 16] as i32;
         }
-        sum += (d * y.d) * sumi as f32 + m * y.s;
+        lanes_fma(&mut acc, d * y.d, &lanes);
     }
-    sum
+    hsum8(&acc) + summs
 }
 
 /// Q5_0 (22-byte blocks: f16 d, u32 high bits, 16 bytes of nibbles) · Q8_0.
@@ -100,17 +120,16 @@ pub fn vec_dot_q5_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
 
 /// Q8_0 (34-byte blocks: f16 d, 32 int8) · Q8_0.
 pub fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (blk, y) in w.chunks_exact(34).zip(a) {
         let d = f16_at(blk, 0);
-        let sumi: i32 = blk[2..34]
-            .iter()
-            .zip(&y.qs)
-            .map(|(&q, &v)| q as i8 as i32 * v as i32)
-            .sum();
-        sum += sumi as f32 * d * y.d;
+        let mut lanes = [0i32; 8];
+        for (j, (&q, &v)) in blk[2..34].iter().zip(&y.qs).enumerate() {
+            lanes[j / 4] += q as i8 as i32 * v as i32;
+        }
+        lanes_fma(&mut acc, d * y.d, &lanes);
     }
-    sum
+    hsum8(&acc)
 }
 
 /// IQ4_NL (18-byte blocks: f16 d, 16 bytes of indices into a non-linear table) · Q8_0.
@@ -137,11 +156,7 @@ pub fn vec_dot_q2_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
         let q2 = &blk[16..80];
         let dall = y.d * f16_at(blk, 80);
         let dmin = y.d * f16_at(blk, 82);
-        let summs: i32 = sc
-            .iter()
-            .zip(&y.bsums)
-            .map(|(&s, &b)| (s >> 4) as i32 * b as i32)
-            .sum();
+        let summs: i32 = sc.iter().zip(&y.bsums).map(|(&s, &b)| (s >> 4) as i32 * b as i32).sum();
         let mut isum = 0i32;
         let mut is = 0;
         for k in 0..2 {
@@ -152,9 +167,8 @@ pub fn vec_dot_q2_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
                 for half in 0..2 {
                     let d = (sc[is] & 0x0F) as i32;
                     is += 1;
-                    let s: i32 = (half * 16..half * 16 + 16)
-                        .map(|l| q8[l] as i32 * ((q2[l] >> shift) & 3) as i32)
-                        .sum();
+                    let s: i32 =
+                        (half * 16..half * 16 + 16).map(|l| q8[l] as i32 * ((q2[l] >> shift) & 3) as i32).sum();
                     isum += d * s;
                 }
             }
@@ -170,10 +184,7 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -192,11 +203,7 @@ pub fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
             let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
             let shift = 4 * (j % 2);
             let q8 = &y.qs[j * 32..j * 32 + 32];
-            let s: i32 = q
-                .iter()
-                .zip(q8)
-                .map(|(&b, &v)| ((b >> shift) & 0x0F) as i32 * v as i32)
-                .sum();
+            let s: i32 = q.iter().zip(q8).map(|(&b, &v)| ((b >> shift) & 0x0F) as i32 * v as i32).sum();
             sumi += sc as i32 * s;
             summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
         }
@@ -257,9 +264,7 @@ pub fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
         }
         let mut sumi = 0i32;
         for (j, &sc) in scales.iter().enumerate() {
-            let s: i32 = (j * 16..j * 16 + 16)
-                .map(|l| vals[l] as i32 * y.qs[l] as i32)
-                .sum();
+            let s: i32 = (j * 16..j * 16 + 16).map(|l| vals[l] as i32 * y.qs[l] as i32).sum();
             sumi += sc as i8 as i32 * s;
         }
         sum += d * sumi as f32;
@@ -284,11 +289,7 @@ pub fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
                 let idx = qs[4 * ib + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
                 let grid = IQ1S_GRID[idx].to_le_bytes();
                 let q8 = &y.qs[ib * 32 + l * 8..ib * 32 + l * 8 + 8];
-                lsum += grid
-                    .iter()
-                    .zip(q8)
-                    .map(|(&g, &v)| g as i8 as i32 * v as i32)
-                    .sum::<i32>();
+                lsum += grid.iter().zip(q8).map(|(&g, &v)| g as i8 as i32 * v as i32).sum::<i32>();
             }
             sumi += ls * lsum;
             sumi1 += ls * delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);

@@ -28,14 +28,10 @@ impl Bpe {
     pub fn new(merges: &[Value], pre: PreTokenizer, ignore_merges: bool) -> Result<Bpe> {
         let mut ranks = HashMap::with_capacity(merges.len());
         for (rank, merge) in (0u32..).zip(merges) {
-            let merge = merge.as_str().ok_or_else(|| {
-                Error::Tokenizer(format!("tokenizer.ggml.merges[{rank}] is not a string"))
-            })?;
-            let split = merge
-                .char_indices()
-                .skip(1)
-                .find(|&(_, c)| c == ' ')
-                .map(|(i, _)| i);
+            let merge = merge
+                .as_str()
+                .ok_or_else(|| Error::Tokenizer(format!("tokenizer.ggml.merges[{rank}] is not a string")))?;
+            let split = merge.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(i, _)| i);
             let key = match split {
                 Some(i) => {
                     let (first, rest) = merge.split_at(i);
@@ -45,11 +41,7 @@ impl Bpe {
             };
             ranks.entry(key).or_insert(rank);
         }
-        Ok(Bpe {
-            ranks,
-            pre,
-            ignore_merges,
-        })
+        Ok(Bpe { ranks, pre, ignore_merges })
     }
 
     /// Appends the tokens of one raw-text fragment.
@@ -74,9 +66,7 @@ impl Bpe {
                         // ASCII byte can be such a token in a valid-UTF-8 vocabulary.
                         for b in piece.bytes().filter(u8::is_ascii) {
                             let mut buf = [0u8; 4];
-                            if let Some(id) =
-                                vocab.text_to_token(char::from(b).encode_utf8(&mut buf))
-                            {
+                            if let Some(id) = vocab.text_to_token(char::from(b).encode_utf8(&mut buf)) {
                                 out.push(id);
                             }
                         }
@@ -160,10 +150,7 @@ impl Session {
         let (Some(l), Some(r)) = (self.symbols.get(left), self.symbols.get(right)) else {
             return;
         };
-        let (Some(lt), Some(rt)) = (
-            word.get(l.start..l.start + l.len),
-            word.get(r.start..r.start + r.len),
-        ) else {
+        let (Some(lt), Some(rt)) = (word.get(l.start..l.start + l.len), word.get(r.start..r.start + r.len)) else {
             return;
         };
         if let Some(rank) = bpe.rank(&mut self.key, lt, rt) {
@@ -203,9 +190,7 @@ mod tests {
         let v = vocab(&["h", "i", "hi"]);
         let pre = PreTokenizer::new(&regex_list(PreType::Gpt2)).unwrap();
         let mut out = Vec::new();
-        Bpe::new(&[], pre, true)
-            .unwrap()
-            .tokenize(&v, "hi", &mut out);
+        Bpe::new(&[], pre, true).unwrap().tokenize(&v, "hi", &mut out);
         assert_eq!(out, [2]);
     }
 
@@ -215,9 +200,7 @@ mod tests {
         let v = vocab(&["x"]);
         let pre = PreTokenizer::new(&regex_list(PreType::Gpt2)).unwrap();
         let mut out = Vec::new();
-        Bpe::new(&[], pre, false)
-            .unwrap()
-            .tokenize(&v, "xé", &mut out);
+        Bpe::new(&[], pre, false).unwrap().tokenize(&v, "xé", &mut out);
         assert_eq!(out, [0]);
     }
 }

@@ -94,18 +94,8 @@ impl Vocab {
     #[cfg(test)]
     pub(crate) fn from_texts(texts: Vec<String>) -> Vocab {
         let token_to_id = (0u32..).zip(&texts).map(|(i, t)| (t.clone(), i)).collect();
-        let tokens = texts
-            .into_iter()
-            .map(|text| TokenData {
-                text,
-                score: 0.0,
-                attr: attr::NORMAL,
-            })
-            .collect();
-        Vocab {
-            tokens,
-            token_to_id,
-        }
+        let tokens = texts.into_iter().map(|text| TokenData { text, score: 0.0, attr: attr::NORMAL }).collect();
+        Vocab { tokens, token_to_id }
     }
 
     #[cfg(test)]
@@ -183,13 +173,7 @@ const FIM_MID_TEXTS: &[&str] = &[
     "<|middle|>",
 ];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &[
-    "<|fim_repo|>",
-    "<|repo_name|>",
-    "<fim-repo>",
-    "<REPO>",
-    "<reponame>",
-];
+const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 /// Texts that end generation whatever the metadata says.
 const EOG_TEXTS: &[&str] = &[
@@ -340,9 +324,7 @@ impl Tokenizer {
 
     fn read_vocab(md: &Metadata) -> Result<Vocab> {
         let key = "tokenizer.ggml.tokens";
-        let texts = md
-            .array_opt(key)?
-            .ok_or_else(|| Error::MissingKey(key.to_string()))?;
+        let texts = md.array_opt(key)?.ok_or_else(|| Error::MissingKey(key.to_string()))?;
         if u32::try_from(texts.len()).is_err() {
             return Err(Error::BadMetadata {
                 key: key.to_string(),
@@ -357,19 +339,14 @@ impl Tokenizer {
         for (id, value) in (0u32..).zip(texts) {
             let mut text = value
                 .as_str()
-                .ok_or_else(|| Error::BadMetadata {
-                    key: key.to_string(),
-                    msg: format!("token {id} is not a string"),
-                })?
+                .ok_or_else(|| Error::BadMetadata { key: key.to_string(), msg: format!("token {id} is not a string") })?
                 .to_string();
             if text.is_empty() {
                 // llama.cpp renames empty tokens so that they can neither match nor collide.
                 text = format!("[EMPTY_{id}]");
             }
             if let Some(prev) = token_to_id.insert(text.clone(), id) {
-                return Err(Error::Tokenizer(format!(
-                    "duplicate token {text:?} in vocabulary: ids {prev} and {id}"
-                )));
+                return Err(Error::Tokenizer(format!("duplicate token {text:?} in vocabulary: ids {prev} and {id}")));
             }
             let score = match scores.and_then(|s| s.get(id as usize)) {
                 None => 0.0,
@@ -387,10 +364,7 @@ impl Tokenizer {
             };
             tokens.push(TokenData { text, score, attr });
         }
-        Ok(Vocab {
-            tokens,
-            token_to_id,
-        })
+        Ok(Vocab { tokens, token_to_id })
     }
 
     /// Reads `tokenizer.ggml.*_token_id`. As in llama.cpp, a default id outside the vocabulary
@@ -473,17 +447,7 @@ impl Tokenizer {
             }
         });
         let [eot, eom, fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep] = detected;
-        self.special = SpecialIds {
-            eot,
-            eom,
-            fim_pre,
-            fim_suf,
-            fim_mid,
-            fim_pad,
-            fim_rep,
-            fim_sep,
-            ..s
-        };
+        self.special = SpecialIds { eot, eom, fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep, ..s };
 
         // Control tokens named "unused" are unused.
         for t in &mut self.vocab.tokens {
@@ -493,10 +457,7 @@ impl Tokenizer {
         }
 
         let mut eog: BTreeSet<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
-        let eog_by_text: Vec<u32> = EOG_TEXTS
-            .iter()
-            .filter_map(|t| self.vocab.text_to_token(t))
-            .collect();
+        let eog_by_text: Vec<u32> = EOG_TEXTS.iter().filter_map(|t| self.vocab.text_to_token(t)).collect();
         for id in eog_by_text {
             eog.insert(id);
             self.mark_control(id);
@@ -533,15 +494,9 @@ impl Tokenizer {
             .map(|(id, _)| id)
             .collect();
         // llama.cpp's sort is unstable; ties keep id order here.
-        special
-            .sort_by_key(|&id| std::cmp::Reverse(self.vocab.get(id).map_or(0, |t| t.text.len())));
+        special.sort_by_key(|&id| std::cmp::Reverse(self.vocab.get(id).map_or(0, |t| t.text.len())));
         self.special_by_len = special;
-        self.pieces = self
-            .vocab
-            .tokens
-            .iter()
-            .map(|t| self.compute_piece(t))
-            .collect();
+        self.pieces = self.vocab.tokens.iter().map(|t| self.compute_piece(t)).collect();
     }
 
     /// llama.cpp's per-model token attributes (set after the caches are built, as there):
@@ -550,22 +505,14 @@ impl Tokenizer {
         if !(model_name_lower.contains("phi-3") || model_name_lower.contains("phi3")) {
             return;
         }
-        let rstrip: Vec<u32> = self
-            .special_by_len
-            .iter()
-            .copied()
-            .chain(self.token_id("</s>"))
-            .collect();
+        let rstrip: Vec<u32> = self.special_by_len.iter().copied().chain(self.token_id("</s>")).collect();
         for id in rstrip {
             if let Some(t) = self.vocab.tokens.get_mut(id as usize) {
                 t.attr |= attr::RSTRIP;
             }
         }
         for text in ["<unk>", "<s>", "<|endoftext|>"] {
-            if let Some(t) = self
-                .token_id(text)
-                .and_then(|id| self.vocab.tokens.get_mut(id as usize))
-            {
+            if let Some(t) = self.token_id(text).and_then(|id| self.vocab.tokens.get_mut(id as usize)) {
                 t.attr &= !attr::RSTRIP;
             }
         }
@@ -583,10 +530,7 @@ impl Tokenizer {
             };
         }
         if t.attr & attr::BYTE != 0 {
-            let byte = t
-                .text
-                .get(3..5)
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+            let byte = t.text.get(3..5).and_then(|hex| u8::from_str_radix(hex, 16).ok());
             return byte.map(|b| vec![b]).unwrap_or_default();
         }
         Vec::new()
@@ -599,17 +543,9 @@ impl Tokenizer {
     /// `parse_special` turns control tokens written in the text (`<|im_start|>`) into their ids;
     /// user-defined tokens are always recognised, as in llama.cpp.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
-        let fragments = if text.is_empty() {
-            Vec::new()
-        } else {
-            self.partition(text, parse_special)
-        };
+        let fragments = if text.is_empty() { Vec::new() } else { self.partition(text, parse_special) };
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
-        let bos = if add_special && self.add_bos {
-            self.special.bos
-        } else {
-            None
-        };
+        let bos = if add_special && self.add_bos { self.special.bos } else { None };
         out.extend(bos);
         match &self.bpe {
             Some(bpe) => {
@@ -963,11 +899,7 @@ pub struct StreamDecoder<'a> {
 impl<'a> StreamDecoder<'a> {
     /// A decoder that drops control tokens, as `Tokenizer::decode` does.
     pub fn new(tokenizer: &'a Tokenizer) -> StreamDecoder<'a> {
-        StreamDecoder {
-            tokenizer,
-            pending: Vec::new(),
-            special: false,
-        }
+        StreamDecoder { tokenizer, pending: Vec::new(), special: false }
     }
 
     /// Whether control tokens are rendered as their text (`<|im_end|>`).
@@ -1000,11 +932,7 @@ impl<'a> StreamDecoder<'a> {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    if let Some(s) = self
-                        .pending
-                        .get(..valid)
-                        .and_then(|b| std::str::from_utf8(b).ok())
-                    {
+                    if let Some(s) = self.pending.get(..valid).and_then(|b| std::str::from_utf8(b).ok()) {
                         out.push_str(s);
                     }
                     match e.error_len() {
@@ -1052,10 +980,7 @@ mod tests {
         md.set("general.name", Value::String(name.into()));
         md.set("tokenizer.ggml.model", Value::String("gpt2".into()));
         md.set("tokenizer.ggml.pre", Value::String("qwen2".into()));
-        let texts = tokens
-            .iter()
-            .map(|(t, _)| Value::String(t.to_string()))
-            .collect();
+        let texts = tokens.iter().map(|(t, _)| Value::String(t.to_string())).collect();
         md.set("tokenizer.ggml.tokens", Value::Array(texts));
         let types = tokens.iter().map(|&(_, ty)| Value::I32(ty)).collect();
         md.set("tokenizer.ggml.token_type", Value::Array(types));
@@ -1069,10 +994,7 @@ mod tests {
     #[test]
     fn harmony_end_is_not_end_of_generation() {
         // Goal: llama.cpp's o200k_harmony rule; method: <|end|> beside <|return|> and <|call|>.
-        let tok = tiny(
-            &[("a", 1), ("<|return|>", 3), ("<|call|>", 3), ("<|end|>", 3)],
-            "",
-        );
+        let tok = tiny(&[("a", 1), ("<|return|>", 3), ("<|call|>", 3), ("<|end|>", 3)], "");
         assert_eq!(tok.eog_ids().collect::<Vec<_>>(), [1, 2]);
         assert!(!tok.is_control(3));
         let tok = tiny(&[("a", 1), ("<|end|>", 3)], "");
@@ -1087,14 +1009,8 @@ mod tests {
     fn phi3_strips_whitespace_after_special_tokens() {
         // Goal: llama.cpp's Phi-3 RSTRIP attribute; method: "<|user|>\nx" with and without it.
         let tokens = [("<|user|>", 3), ("\u{10a}", 1), ("x", 1)];
-        assert_eq!(
-            tiny(&tokens, "Phi-3 mini").encode("<|user|>\nx", false, true),
-            [0, 2]
-        );
-        assert_eq!(
-            tiny(&tokens, "other").encode("<|user|>\nx", false, true),
-            [0, 1, 2]
-        );
+        assert_eq!(tiny(&tokens, "Phi-3 mini").encode("<|user|>\nx", false, true), [0, 2]);
+        assert_eq!(tiny(&tokens, "other").encode("<|user|>\nx", false, true), [0, 1, 2]);
     }
 
     #[test]
@@ -1110,10 +1026,7 @@ mod tests {
         // Goal: the three clean-up passes behave like llama.cpp's; method: one case per rule.
         assert_eq!(clean("Hello , world !"), "Hello, world!");
         assert_eq!(clean("a ' b"), "a'b");
-        assert_eq!(
-            clean("it 's I 'm we 're they 've"),
-            "it's I'm we're they've"
-        );
+        assert_eq!(clean("it 's I 'm we 're they 've"), "it's I'm we're they've");
         assert_eq!(clean("don 't I 'd we 'll"), "don 't I 'd we 'll");
         assert_eq!(clean(""), "");
         assert_eq!(clean(" ."), ".");
@@ -1142,9 +1055,6 @@ mod tests {
     fn byte_level_decoding_marks_foreign_code_points() {
         // Goal: llama_decode_text's fallback; method: a token with a code point outside GPT-2's set.
         assert_eq!(decode_byte_level("Ġhi"), b" hi");
-        assert_eq!(
-            String::from_utf8_lossy(&decode_byte_level("€")),
-            "[UNK_BYTE_0xe282ac€]"
-        );
+        assert_eq!(String::from_utf8_lossy(&decode_byte_level("€")), "[UNK_BYTE_0xe282ac€]");
     }
 }

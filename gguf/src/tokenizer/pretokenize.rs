@@ -76,20 +76,14 @@ impl PreConfig {
     /// Maps a `tokenizer.ggml.pre` value the way llama.cpp does; a missing value means "default".
     pub fn from_name(name: Option<&str>) -> Result<PreConfig> {
         use PreType::*;
-        let mut cfg = PreConfig {
-            pre_type: Default,
-            clean_spaces: true,
-            ignore_merges: false,
-            add_bos: None,
-            clear_bos: false,
-        };
+        let mut cfg =
+            PreConfig { pre_type: Default, clean_spaces: true, ignore_merges: false, add_bos: None, clear_bos: false };
         let Some(name) = name.filter(|n| !n.is_empty()) else {
             return Ok(cfg);
         };
         let (pre_type, clean_spaces) = match name {
             "default" => (Default, true),
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
-            | "midm-2.0" | "lfm2" => {
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" => {
                 cfg.ignore_merges = true;
                 cfg.add_bos = Some(true);
                 (Llama3, true)
@@ -100,8 +94,8 @@ impl PreConfig {
             "falcon" => (Falcon, true),
             "mpt" => (Mpt, true),
             "starcoder" => (Starcoder, true),
-            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
-            | "jina-v2-de" | "a.x-4.0" | "mellum" | "exaone4" => (Gpt2, true),
+            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0"
+            | "mellum" | "exaone4" => (Gpt2, true),
             "refact" => (Refact, true),
             "command-r" => (CommandR, false),
             "qwen2" | "deepseek-r1-qwen" => (Qwen2, false),
@@ -136,11 +130,7 @@ impl PreConfig {
             "seed-coder" => (SeedCoder, false),
             "trillion" => (Trillion, false),
             "bailingmoe" | "bailingmoe2" | "llada-moe" => (Bailingmoe, false),
-            other => {
-                return Err(Error::Tokenizer(format!(
-                    "unknown or unsupported pre-tokenizer type {other:?}"
-                )))
-            }
+            other => return Err(Error::Tokenizer(format!("unknown or unsupported pre-tokenizer type {other:?}"))),
         };
         cfg.pre_type = pre_type;
         cfg.clean_spaces = clean_spaces;
@@ -261,11 +251,7 @@ impl PreTokenizer {
                 continue;
             }
             let collapsed = uses_categories(expr);
-            let pattern = if collapsed {
-                collapse_regex(expr)?
-            } else {
-                expr.to_string()
-            };
+            let pattern = if collapsed { collapse_regex(expr)? } else { expr.to_string() };
             let re = fancy_regex::RegexBuilder::new(&pattern)
                 .backtrack_limit(BACKTRACK_LIMIT)
                 .build()
@@ -286,17 +272,11 @@ impl PreTokenizer {
             offsets = match splitter {
                 Splitter::Gpt2 => split_gpt2(&cpts, &offsets),
                 Splitter::Llama3 => split_llama3(&cpts, &offsets),
-                Splitter::Regex {
-                    re,
-                    collapsed: true,
-                } => {
+                Splitter::Regex { re, collapsed: true } => {
                     let mapped = collapsed.get_or_insert_with(|| MappedText::collapsed(&cpts));
                     split_regex(re, mapped, &offsets)
                 }
-                Splitter::Regex {
-                    re,
-                    collapsed: false,
-                } => {
+                Splitter::Regex { re, collapsed: false } => {
                     let mapped = wide.get_or_insert_with(|| MappedText::wide(&cpts));
                     split_regex(re, mapped, &offsets)
                 }
@@ -326,9 +306,7 @@ impl PreTokenizer {
 }
 
 fn uses_categories(expr: &str) -> bool {
-    CATEGORY_ESCAPES
-        .iter()
-        .any(|(esc, _, _)| expr.contains(esc))
+    CATEGORY_ESCAPES.iter().any(|(esc, _, _)| expr.contains(esc))
 }
 
 /// Rewrites a regex for the collapsed text, exactly as llama.cpp's `unicode_regex_split` does:
@@ -360,10 +338,7 @@ fn collapse_regex(expr: &str) -> Result<String> {
             continue;
         }
         if c == b'\\' && i + 3 < bytes.len() && at(i + 1) == b'p' && at(i + 2) == b'{' {
-            let close = expr
-                .get(i + 3..)
-                .and_then(|rest| rest.find('}'))
-                .map(|p| p + i + 3);
+            let close = expr.get(i + 3..).and_then(|rest| rest.find('}')).map(|p| p + i + 3);
             if let Some(close) = close.filter(|&c| c <= i + 10) {
                 let pat = expr.get(i..=close).unwrap_or("");
                 if let Some((_, cpt, ascii)) = CATEGORY_ESCAPES.iter().find(|(e, _, _)| *e == pat) {
@@ -429,13 +404,7 @@ impl MappedText {
 
     /// The text llama.cpp hands to std::wregex: non-ASCII whitespace becomes U+000B.
     fn wide(cpts: &[char]) -> MappedText {
-        let chars = cpts.iter().map(|&c| {
-            if !c.is_ascii() && flags(c).whitespace {
-                '\u{0B}'
-            } else {
-                c
-            }
-        });
+        let chars = cpts.iter().map(|&c| if !c.is_ascii() && flags(c).whitespace { '\u{0B}' } else { c });
         MappedText::from_chars(chars, cpts.len())
     }
 
@@ -464,10 +433,7 @@ fn split_regex(re: &Regex, mapped: &MappedText, offsets: &[usize]) -> Vec<usize>
         for m in re.find_iter(piece) {
             // A regex that gives up (backtrack limit) leaves the rest of the piece whole.
             let Ok(m) = m else { break };
-            let (Some(m0), Some(m1)) = (
-                mapped.cpt_index(base + m.start()),
-                mapped.cpt_index(base + m.end()),
-            ) else {
+            let (Some(m0), Some(m1)) = (mapped.cpt_index(base + m.start()), mapped.cpt_index(base + m.end())) else {
                 break;
             };
             let (m0, m1) = (m0 - start, m1 - start);
@@ -534,10 +500,7 @@ impl Cursor<'_> {
         }
         if pos + 2 < self.end {
             let next2 = fold(self.cpt(pos + 2));
-            if matches!(
-                (next, next2),
-                (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))
-            ) {
+            if matches!((next, next2), (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))) {
                 return Some(3);
             }
         }
@@ -551,13 +514,7 @@ fn split_gpt2(cpts: &[char], offsets: &[usize]) -> Vec<usize> {
     let mut out = Vec::with_capacity(offsets.len());
     let mut start = 0usize;
     for &len in offsets {
-        let mut c = Cursor {
-            cpts,
-            ini: start,
-            end: start + len,
-            prev_end: start,
-            out: &mut out,
-        };
+        let mut c = Cursor { cpts, ini: start, end: start + len, prev_end: start, out: &mut out };
         start += len;
         let mut pos = c.ini;
         while pos < c.end {
@@ -566,11 +523,7 @@ fn split_gpt2(cpts: &[char], offsets: &[usize]) -> Vec<usize> {
                 continue;
             }
             let is_space = c.is(pos, ' ');
-            let mut f2 = if is_space {
-                c.flags(pos + 1)
-            } else {
-                c.flags(pos)
-            };
+            let mut f2 = if is_space { c.flags(pos + 1) } else { c.flags(pos) };
             if f2.is_letter() {
                 pos += usize::from(is_space);
                 while f2.is_letter() {
@@ -625,13 +578,7 @@ fn split_llama3(cpts: &[char], offsets: &[usize]) -> Vec<usize> {
     let mut out = Vec::with_capacity(offsets.len());
     let mut start = 0usize;
     for &len in offsets {
-        let mut c = Cursor {
-            cpts,
-            ini: start,
-            end: start + len,
-            prev_end: start,
-            out: &mut out,
-        };
+        let mut c = Cursor { cpts, ini: start, end: start + len, prev_end: start, out: &mut out };
         start += len;
         let mut pos = c.ini;
         while pos < c.end {
@@ -714,9 +661,7 @@ pub fn byte_to_unicode() -> &'static [char; 256] {
         let mut table = ['\0'; 256];
         let mut n = 0u32;
         for (b, slot) in (0u32..).zip(table.iter_mut()) {
-            let printable = (0x21..=0x7E).contains(&b)
-                || (0xA1..=0xAC).contains(&b)
-                || (0xAE..=0xFF).contains(&b);
+            let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
             let cp = if printable {
                 b
             } else {
@@ -766,10 +711,7 @@ pub struct Flags {
 
 impl Flags {
     /// What llama.cpp reports for a position outside the piece: nothing at all.
-    const OUT_OF_RANGE: Flags = Flags {
-        category: Category::Undefined,
-        whitespace: false,
-    };
+    const OUT_OF_RANGE: Flags = Flags { category: Category::Undefined, whitespace: false };
 
     fn is_letter(self) -> bool {
         self.category == Category::Letter
@@ -804,11 +746,9 @@ fn class_ranges(pattern: &str) -> Vec<(u32, u32)> {
         return Vec::new();
     };
     match hir.kind() {
-        HirKind::Class(Class::Unicode(class)) => class
-            .ranges()
-            .iter()
-            .map(|r| (u32::from(r.start()), u32::from(r.end())))
-            .collect(),
+        HirKind::Class(Class::Unicode(class)) => {
+            class.ranges().iter().map(|r| (u32::from(r.start()), u32::from(r.end()))).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -826,17 +766,10 @@ fn category_table() -> &'static CategoryTable {
             (r"\p{S}", Category::Symbol),
             (r"\p{C}", Category::Control),
         ] {
-            ranges.extend(
-                class_ranges(pattern)
-                    .into_iter()
-                    .map(|(a, b)| (a, b, category)),
-            );
+            ranges.extend(class_ranges(pattern).into_iter().map(|(a, b)| (a, b, category)));
         }
         ranges.sort_unstable_by_key(|r| r.0);
-        CategoryTable {
-            ranges,
-            whitespace: class_ranges(r"\s"),
-        }
+        CategoryTable { ranges, whitespace: class_ranges(r"\s") }
     })
 }
 
@@ -860,14 +793,9 @@ fn in_ranges<T>(ranges: &[T], cp: u32, bounds: impl Fn(&T) -> (u32, u32)) -> Opt
 pub fn flags(c: char) -> Flags {
     let table = category_table();
     let cp = u32::from(c);
-    let category = in_ranges(&table.ranges, cp, |r| (r.0, r.1))
-        .map(|r| r.2)
-        .unwrap_or(Category::Undefined);
+    let category = in_ranges(&table.ranges, cp, |r| (r.0, r.1)).map(|r| r.2).unwrap_or(Category::Undefined);
     let whitespace = in_ranges(&table.whitespace, cp, |r| *r).is_some();
-    Flags {
-        category,
-        whitespace,
-    }
+    Flags { category, whitespace }
 }
 
 #[cfg(test)]
@@ -924,11 +852,7 @@ mod tests {
         // Goal: the hand-written GPT-2 matcher splits as its regex would; method: known cases.
         check(&[GPT2_REGEX], "Hello world", &["Hello", " world"]);
         check(&[GPT2_REGEX], "  hello", &[" ", " hello"]);
-        check(
-            &[GPT2_REGEX],
-            "don't  stop\n\n",
-            &["don", "'t", " ", " stop", "\n\n"],
-        );
+        check(&[GPT2_REGEX], "don't  stop\n\n", &["don", "'t", " ", " stop", "\n\n"]);
         check(&[GPT2_REGEX], "a1234 !!x", &["a", "1234", " !!", "x"]);
     }
 
@@ -942,11 +866,7 @@ mod tests {
     #[test]
     fn llama3_groups_three_digits_and_newlines() {
         // Goal: the Llama 3 matcher; method: digit groups, contractions, trailing newlines.
-        check(
-            &[LLAMA3_REGEX],
-            "12345 I'M ok!\n\n x",
-            &["123", "45", " I", "'M", " ok", "!\n\n", " x"],
-        );
+        check(&[LLAMA3_REGEX], "12345 I'M ok!\n\n x", &["123", "45", " I", "'M", " ok", "!\n\n", " x"]);
         check(&[LLAMA3_REGEX], "a  \n  b", &["a", "  \n", " ", " b"]);
     }
 
@@ -954,25 +874,15 @@ mod tests {
     fn qwen2_regex_runs_on_collapsed_text() {
         // Goal: a regex with categories runs on the collapsed text; method: qwen2's list.
         let qwen = regex_list(PreType::Qwen2);
-        check(
-            &qwen,
-            "Führer 123 日本語!!\n",
-            &["Führer", " ", "1", "2", "3", " 日本語", "!!\n"],
-        );
+        check(&qwen, "Führer 123 日本語!!\n", &["Führer", " ", "1", "2", "3", " 日本語", "!!\n"]);
         check(&qwen, "I've  x", &["I", "'ve", " ", " x"]);
     }
 
     #[test]
     fn collapse_rewrites_categories() {
         // Goal: the regex rewrite matches llama.cpp's; method: compare rewritten strings.
-        assert_eq!(
-            collapse_regex(r"\p{N}+").ok().as_deref(),
-            Some("[\u{D1}0-9]+")
-        );
-        assert_eq!(
-            collapse_regex(r"[^\s\p{L}\p{N}]").ok().as_deref(),
-            Some("[^\\s\u{D2}A-Za-z\u{D1}0-9]")
-        );
+        assert_eq!(collapse_regex(r"\p{N}+").ok().as_deref(), Some("[\u{D1}0-9]+"));
+        assert_eq!(collapse_regex(r"[^\s\p{L}\p{N}]").ok().as_deref(), Some("[^\\s\u{D2}A-Za-z\u{D1}0-9]"));
         assert!(collapse_regex("\\p{N}é").is_err());
     }
 
@@ -980,10 +890,7 @@ mod tests {
     fn unknown_pre_type_is_an_error() {
         // Goal: an unsupported pre name is rejected, a missing one means default; method: both.
         assert!(PreConfig::from_name(Some("no-such-pre")).is_err());
-        assert_eq!(
-            PreConfig::from_name(None).map(|c| c.pre_type).ok(),
-            Some(PreType::Default)
-        );
+        assert_eq!(PreConfig::from_name(None).map(|c| c.pre_type).ok(), Some(PreType::Default));
     }
 
     #[test]
@@ -1030,12 +937,7 @@ mod tests {
                 Ok(t) => t,
                 Err(e) => panic!("{pre:?}: {e}"),
             };
-            let bytes: Vec<u8> = tok
-                .split(sample)
-                .concat()
-                .chars()
-                .filter_map(unicode_to_byte)
-                .collect();
+            let bytes: Vec<u8> = tok.split(sample).concat().chars().filter_map(unicode_to_byte).collect();
             assert_eq!(String::from_utf8_lossy(&bytes), sample, "{pre:?}");
         }
     }

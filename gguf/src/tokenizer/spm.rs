@@ -15,12 +15,7 @@ pub fn tokenize(vocab: &Vocab, text: &str, unk: Option<u32>, out: &mut Vec<u32>)
     let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
     let n = text.chars().count();
     for (i, (start, c)) in text.char_indices().enumerate() {
-        symbols.push(Symbol {
-            prev: i.checked_sub(1),
-            next: (i + 1 < n).then_some(i + 1),
-            start,
-            len: c.len_utf8(),
-        });
+        symbols.push(Symbol { prev: i.checked_sub(1), next: (i + 1 < n).then_some(i + 1), start, len: c.len_utf8() });
     }
     let mut queue = BinaryHeap::new();
     for i in 1..symbols.len() {
@@ -68,9 +63,7 @@ pub fn tokenize(vocab: &Vocab, text: &str, unk: Option<u32>, out: &mut Vec<u32>)
 pub fn byte_to_token(vocab: &Vocab, b: u8) -> Option<u32> {
     vocab.text_to_token(&format!("<0x{b:02X}>")).or_else(|| {
         let mut buf = [0u8; 4];
-        b.is_ascii()
-            .then(|| vocab.text_to_token(char::from(b).encode_utf8(&mut buf)))
-            .flatten()
+        b.is_ascii().then(|| vocab.text_to_token(char::from(b).encode_utf8(&mut buf))).flatten()
     })
 }
 
@@ -94,9 +87,7 @@ struct Bigram {
 // leftmost pair.
 impl Ord for Bigram {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| other.left.cmp(&self.left))
+        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -136,12 +127,7 @@ fn try_add_bigram(
     let Some(id) = vocab.text_to_token(joined) else {
         return;
     };
-    queue.push(Bigram {
-        left,
-        right,
-        score: vocab.score(id),
-        size,
-    });
+    queue.push(Bigram { left, right, score: vocab.score(id), size });
 }
 
 #[cfg(test)]
@@ -166,21 +152,9 @@ mod tests {
     #[test]
     fn highest_score_merges_first() {
         // Goal: merge order follows scores; method: "abc" where "bc" outscores "ab".
-        let toks = [
-            ("a", 0.0),
-            ("b", 0.0),
-            ("c", 0.0),
-            ("ab", -1.0),
-            ("bc", -0.5),
-        ];
+        let toks = [("a", 0.0), ("b", 0.0), ("c", 0.0), ("ab", -1.0), ("bc", -0.5)];
         check(&toks, "abc", &[0, 4]);
-        let toks = [
-            ("a", 0.0),
-            ("b", 0.0),
-            ("c", 0.0),
-            ("ab", -0.5),
-            ("bc", -1.0),
-        ];
+        let toks = [("a", 0.0), ("b", 0.0), ("c", 0.0), ("ab", -0.5), ("bc", -1.0)];
         check(&toks, "abc", &[3, 2]);
     }
 
@@ -193,10 +167,6 @@ mod tests {
     #[test]
     fn unknown_code_points_become_byte_tokens() {
         // Goal: byte fallback; method: "é" (C3 A9) with <0xC3>/<0xA9> in the vocabulary.
-        check(
-            &[("x", 0.0), ("<0xC3>", 0.0), ("<0xA9>", 0.0)],
-            "xé",
-            &[0, 1, 2],
-        );
+        check(&[("x", 0.0), ("<0xC3>", 0.0), ("<0xA9>", 0.0)], "xé", &[0, 1, 2]);
     }
 }
