@@ -13,7 +13,14 @@ use anyhow::{bail, Context, Result};
 use prima::compute::{HParams, LoadSpec, Model, Session};
 use prima::gguf::GgufFile;
 
-const TOKENS: [u32; 7] = [1, 17, 504, 3575, 282, 1999, 42];
+/// Tolerance for plain-float models: only the f16 KV cache and f16 queries round (measured ~6e-4).
+const TOL_F32: f64 = 1e-3;
+/// Tolerance for quantized models: activations are rounded to 8 bits before every quantized
+/// matmul, as llama.cpp does, which the exact oracle does not (measured 1–2% with 2–6-bit
+/// weights); a formula error (wrong RoPE pairing, GQA mapping, scale) shows up as 20% or more.
+const TOL_QUANT: f64 = 4e-2;
+
+const TOKENS: [u32; 7] = [1, 17, 504, 1000, 282, 1999, 42];
 
 fn python() -> String {
     std::env::var("PRIMA_PYTHON").unwrap_or_else(|_| "python3".into())
@@ -115,30 +122,30 @@ fn check(name: &str, args: &[&str], tol: f64) -> Result<()> {
 #[test]
 fn llama_f32_matches_oracle() -> Result<()> {
     // Goal: plain-float llama (normal RoPE, GQA, separate output head) equals the f64 oracle.
-    check("llama-f32", &["--arch", "llama", "--types", "f32"], 5e-3)
+    check("llama-f32", &["--arch", "llama", "--types", "f32"], TOL_F32)
 }
 
 #[test]
 fn llama_legacy_quants_tied_matches_oracle() -> Result<()> {
     // Goal: llama with Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/F16 weights and a tied output head.
-    check("llama-mixed-tied", &["--arch", "llama", "--types", "mixed", "--tied"], 2e-2)
+    check("llama-mixed-tied", &["--arch", "llama", "--types", "mixed", "--tied"], TOL_QUANT)
 }
 
 #[test]
 fn llama_k_quants_rope_freqs_matches_oracle() -> Result<()> {
     // Goal: llama with K-quant weights and Llama 3.1 rope frequency factors.
-    check("llama-kquant-ropefreqs", &["--arch", "llama", "--types", "kquant", "--rope-freqs"], 2e-2)
+    check("llama-kquant-ropefreqs", &["--arch", "llama", "--types", "kquant", "--rope-freqs"], TOL_QUANT)
 }
 
 #[test]
 fn qwen2_f32_matches_oracle() -> Result<()> {
     // Goal: plain-float qwen2 (QKV biases, NEOX RoPE) equals the f64 oracle.
-    check("qwen2-f32", &["--arch", "qwen2", "--types", "f32"], 5e-3)
+    check("qwen2-f32", &["--arch", "qwen2", "--types", "f32"], TOL_F32)
 }
 
 #[test]
 fn qwen2_quantized_matches_oracle() -> Result<()> {
     // Goal: qwen2 with legacy- and K-quant weights.
-    check("qwen2-mixed", &["--arch", "qwen2", "--types", "mixed"], 2e-2)?;
-    check("qwen2-kquant", &["--arch", "qwen2", "--types", "kquant"], 2e-2)
+    check("qwen2-mixed", &["--arch", "qwen2", "--types", "mixed"], TOL_QUANT)?;
+    check("qwen2-kquant", &["--arch", "qwen2", "--types", "kquant"], TOL_QUANT)
 }

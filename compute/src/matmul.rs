@@ -123,6 +123,8 @@ impl QuantizedActs {
 
 /// Dot product of weight row `w` (type `ty`) with activation row `t` of `acts`.
 fn dot_row(ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, scratch: &mut Vec<f32>) -> f32 {
+    // llama.cpp's repacked kernels take activation rows four at a time, the rest one by one.
+    let in_group_of_four = t < acts.n_rows - acts.n_rows % 4;
     use GgmlType::*;
     let n = acts.n_in;
     match acts.kind {
@@ -147,7 +149,7 @@ fn dot_row(ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, scratch: &mut
         Some(VecDotType::Q8K) => {
             let a = &acts.q8k[t * n / 256..(t + 1) * n / 256];
             match ty {
-                Q2_K => dot::vec_dot_q2_k_q8_k(w, a),
+                Q2_K => dot::vec_dot_q2_k_q8_k(w, a, in_group_of_four),
                 Q4_K => dot::vec_dot_q4_k_q8_k(w, a),
                 Q5_K => dot::vec_dot_q5_k_q8_k(w, a),
                 Q6_K => dot::vec_dot_q6_k_q8_k(w, a),

@@ -303,6 +303,13 @@ impl Model {
         for (t, &pos) in positions.iter().enumerate() {
             kv.store(li, pos, &s.k[t * nkv..(t + 1) * nkv], &s.v[t * nkv..(t + 1) * nkv]);
         }
+        if dbg {
+            let n = positions.iter().max().map_or(0, |p| p + 1);
+            let kf: Vec<f32> = kv.keys(li, n).iter().map(|v| v.to_f32()).collect();
+            let vf: Vec<f32> = kv.values(li, n).iter().map(|v| v.to_f32()).collect();
+            debug_sum(dbg, "cache_k", il, &kf);
+            debug_sum(dbg, "cache_v", il, &vf);
+        }
         s.attn.resize(n_tok * nq, 0.0);
         ops::attention(hp, kv, li, &s.q, positions, &mut s.attn, &mut s.att_scratch);
         s.proj.resize(n_tok * e, 0.0);

@@ -42,8 +42,12 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 }
 
 /// Q4_0 (18-byte blocks: f16 d, 16 bytes of nibbles) · Q8_0.
+///
+/// Summed in the order of llama.cpp's x86 "repacked" Q4_0 kernels (it repacks every Q4_0 matrix
+/// whose row count is a multiple of 8): one exact integer sum per block, fused into the
+/// accumulator with the product of the two scales.
 pub fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = 0.0f32;
     for (blk, y) in w.chunks_exact(18).zip(a) {
         let d = f16_at(blk, 0);
         let qs = &blk[2..18];
@@ -53,9 +57,9 @@ pub fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
             let hi = (qs[j] >> 4) as i32 - 8;
             sumi += lo * y.qs[j] as i32 + hi * y.qs[j + 16] as i32;
         }
-        sum += sumi as f32 * d * y.d;
+        acc = (sumi as f32).mul_add(d * y.d, acc);
     }
-    sum
+    acc
 }
 
 /// Q4_1 (20-byte blocks: f16 d, f16 m, 16 bytes of nibbles) · Q8_1.
@@ -133,8 +137,9 @@ pub fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 }
 
 /// IQ4_NL (18-byte blocks: f16 d, 16 bytes of indices into a non-linear table) · Q8_0.
+/// Summed in the order of llama.cpp's x86 repacked IQ4_NL kernels, like [`vec_dot_q4_0_q8_0`].
 pub fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = 0.0f32;
     for (blk, y) in w.chunks_exact(18).zip(a) {
         let d = f16_at(blk, 0);
         let qs = &blk[2..18];
@@ -143,39 +148,51 @@ pub fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
             sumi += KVALUES_IQ4NL[(qs[j] & 0x0F) as usize] as i32 * y.qs[j] as i32
                 + KVALUES_IQ4NL[(qs[j] >> 4) as usize] as i32 * y.qs[j + 16] as i32;
         }
-        sum += d * y.d * sumi as f32;
+        acc = (sumi as f32).mul_add(d * y.d, acc);
     }
-    sum
+    acc
 }
 
 /// Q2_K (84-byte blocks: 16 scale/min bytes, 64 bytes of 2-bit quants, f16 d, f16 dmin) · Q8_K.
-pub fn vec_dot_q2_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    let mut sum = 0.0f32;
+///
+/// Summed in the order of llama.cpp's x86 repacked Q2_K kernels (AVX-512 hosts repack Q2_K
+/// matrices whose row count is a multiple of 8): the scaled sums and the min sums are exact
+/// integers, fused into two accumulators that are subtracted at the end. The single-row kernel
+/// fuses once per 256-element super-block; the four-row kernel, used for activation rows in
+/// groups of four, fuses once per 128-element half (`halves = true`).
+pub fn vec_dot_q2_k_q8_k(w: &[u8], a: &[BlockQ8K], halves: bool) -> f32 {
+    let mut acc = 0.0f32;
+    let mut acc_min = 0.0f32;
     for (blk, y) in w.chunks_exact(84).zip(a) {
         let sc = &blk[0..16];
-        let q2 = &blk[16..80];
-        let dall = y.d * f16_at(blk, 80);
-        let dmin = y.d * f16_at(blk, 82);
-        let summs: i32 = sc.iter().zip(&y.bsums).map(|(&s, &b)| (s >> 4) as i32 * b as i32).sum();
-        let mut isum = 0i32;
-        let mut is = 0;
+        let d = f16_at(blk, 80) * y.d;
+        let dmin = f16_at(blk, 82) * y.d;
+        let mut isum = [0i32; 2];
+        let mut imin = [0i32; 2];
         for k in 0..2 {
-            let q2 = &q2[k * 32..k * 32 + 32];
+            let q2 = &blk[16 + k * 32..16 + k * 32 + 32];
             for j in 0..4 {
-                let shift = 2 * j;
                 let q8 = &y.qs[k * 128 + j * 32..k * 128 + j * 32 + 32];
                 for half in 0..2 {
-                    let d = (sc[is] & 0x0F) as i32;
-                    is += 1;
+                    let is = k * 8 + j * 2 + half;
                     let s: i32 =
-                        (half * 16..half * 16 + 16).map(|l| q8[l] as i32 * ((q2[l] >> shift) & 3) as i32).sum();
-                    isum += d * s;
+                        (half * 16..half * 16 + 16).map(|l| q8[l] as i32 * ((q2[l] >> (2 * j)) & 3) as i32).sum();
+                    isum[k] += (sc[is] & 0x0F) as i32 * s;
+                    imin[k] += (sc[is] >> 4) as i32 * y.bsums[is] as i32;
                 }
             }
         }
-        sum += dall * isum as f32 - dmin * summs as f32;
+        if halves {
+            for k in 0..2 {
+                acc = (isum[k] as f32).mul_add(d, acc);
+                acc_min = (imin[k] as f32).mul_add(dmin, acc_min);
+            }
+        } else {
+            acc = ((isum[0] + isum[1]) as f32).mul_add(d, acc);
+            acc_min = ((imin[0] + imin[1]) as f32).mul_add(dmin, acc_min);
+        }
     }
-    sum
+    acc - acc_min
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K/Q5_K block (ggml `get_scale_min_k4`).
@@ -273,28 +290,34 @@ pub fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
 }
 
 /// IQ1_S (50-byte blocks: f16 d, 32 grid-index bytes, 8 u16 of high index bits/scale/sign) · Q8_K.
+///
+/// Summed in the order of llama.cpp's AVX2 kernel: eight integer lanes of four consecutive
+/// elements (scaled per 32-element sub-block), fused per super-block, then the lanes reduced
+/// and the delta term added.
 pub fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = [0.0f32; 8];
+    let mut acc1 = 0.0f32;
     for (blk, y) in w.chunks_exact(50).zip(a) {
-        let d = f16_at(blk, 0);
         let qs = &blk[2..34];
-        let mut sumi = 0i32;
+        let mut lanes = [0i32; 8];
         let mut sumi1 = 0i32;
         for ib in 0..8 {
             let qh = u16::from_le_bytes([blk[34 + 2 * ib], blk[35 + 2 * ib]]) as u32;
             let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
             let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
-            let mut lsum = 0i32;
             for l in 0..4 {
                 let idx = qs[4 * ib + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
                 let grid = IQ1S_GRID[idx].to_le_bytes();
                 let q8 = &y.qs[ib * 32 + l * 8..ib * 32 + l * 8 + 8];
-                lsum += grid.iter().zip(q8).map(|(&g, &v)| g as i8 as i32 * v as i32).sum::<i32>();
+                for (j, (&g, &v)) in grid.iter().zip(q8).enumerate() {
+                    lanes[2 * l + j / 4] += ls * (g as i8 as i32 * v as i32);
+                }
             }
-            sumi += ls * lsum;
             sumi1 += ls * delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);
         }
-        sum += d * y.d * (sumi as f32 + IQ1S_DELTA * sumi1 as f32);
+        let d = y.d * f16_at(blk, 0);
+        lanes_fma(&mut acc, d, &lanes);
+        acc1 = d.mul_add(sumi1 as f32, acc1);
     }
-    sum
+    IQ1S_DELTA.mul_add(acc1, hsum8(&acc))
 }
