@@ -207,56 +207,37 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// Q4_K (144-byte blocks: f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles) · Q8_K.
 pub fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    let mut sum = 0.0f32;
-    for (blk, y) in w.chunks_exact(144).zip(a) {
-        let d = y.d * f16_at(blk, 0);
-        let dmin = y.d * f16_at(blk, 2);
-        let scales = &blk[4..16];
-        let qs = &blk[16..144];
-        let mut sumi = 0i32;
-        let mut summ = 0i32;
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, scales);
-            let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
-            let shift = 4 * (j % 2);
-            let q8 = &y.qs[j * 32..j * 32 + 32];
-            let s: i32 = q.iter().zip(q8).map(|(&b, &v)| ((b >> shift) & 0x0F) as i32 * v as i32).sum();
-            sumi += sc as i32 * s;
-            summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        sum += d * sumi as f32 - dmin * summ as f32;
-    }
-    sum
+    w.chunks_exact(144).zip(a).map(|(blk, y)| k_block_dot(&blk[..16], None, &blk[16..144], y)).sum()
 }
 
 /// Q5_K (176-byte blocks: f16 d, f16 dmin, 12 scale bytes, 32 high-bit bytes, 128 nibble bytes) · Q8_K.
 pub fn vec_dot_q5_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    let mut sum = 0.0f32;
-    for (blk, y) in w.chunks_exact(176).zip(a) {
-        let d = y.d * f16_at(blk, 0);
-        let dmin = y.d * f16_at(blk, 2);
-        let scales = &blk[4..16];
-        let qh = &blk[16..48];
-        let qs = &blk[48..176];
-        let mut sumi = 0i32;
-        let mut summ = 0i32;
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, scales);
-            let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
-            let shift = 4 * (j % 2);
-            let q8 = &y.qs[j * 32..j * 32 + 32];
-            let s: i32 = (0..32)
-                .map(|l| {
-                    let v = ((q[l] >> shift) & 0x0F) | (((qh[l] >> j) & 1) << 4);
-                    v as i32 * q8[l] as i32
-                })
-                .sum();
-            sumi += sc as i32 * s;
-            summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        sum += d * sumi as f32 - dmin * summ as f32;
+    w.chunks_exact(176).zip(a).map(|(blk, y)| k_block_dot(&blk[..16], Some(&blk[16..48]), &blk[48..176], y)).sum()
+}
+
+/// One Q4_K or Q5_K super-block (`head` = f16 d, f16 dmin, 12 scale bytes; `qh` = the Q5_K
+/// fifth bits) against its Q8_K activations: eight 32-element sub-blocks with 6-bit scales/mins.
+fn k_block_dot(head: &[u8], qh: Option<&[u8]>, qs: &[u8], y: &BlockQ8K) -> f32 {
+    let d = y.d * f16_at(head, 0);
+    let dmin = y.d * f16_at(head, 2);
+    let scales = &head[4..16];
+    let mut sumi = 0i32;
+    let mut summ = 0i32;
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, scales);
+        let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+        let shift = 4 * (j % 2);
+        let q8 = &y.qs[j * 32..j * 32 + 32];
+        let s: i32 = (0..32)
+            .map(|l| {
+                let high = qh.map_or(0, |h| ((h[l] >> j) & 1) << 4);
+                (((q[l] >> shift) & 0x0F) | high) as i32 * q8[l] as i32
+            })
+            .sum();
+        sumi += sc as i32 * s;
+        summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
     }
-    sum
+    d * sumi as f32 - dmin * summ as f32
 }
 
 /// Q6_K (210-byte blocks: 128 low-nibble bytes, 64 high-bit bytes, 16 int8 scales, f16 d) · Q8_K.
