@@ -42,20 +42,24 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 }
 
 /// Q4_0 (18-byte blocks: f16 d, 16 bytes of nibbles) · Q8_0.
-///
-/// Summed in the order of llama.cpp's x86 "repacked" Q4_0 kernels (it repacks every Q4_0 matrix
-/// whose row count is a multiple of 8): one exact integer sum per block, fused into the
-/// accumulator with the product of the two scales.
 pub fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    nibble_blocks_dot(w, a, |n| n as i32 - 8)
+}
+
+/// 18-byte blocks of an f16 scale and 32 nibbles (low nibbles are elements 0..16, high 16..32),
+/// each nibble mapped to its value by `value`, · Q8_0.
+///
+/// Summed in the order of llama.cpp's x86 "repacked" Q4_0/IQ4_NL kernels (it repacks every such
+/// matrix whose row count is a multiple of 8): one exact integer sum per block, fused into the
+/// accumulator with the product of the two scales.
+fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], value: impl Fn(u8) -> i32) -> f32 {
     let mut acc = 0.0f32;
     for (blk, y) in w.chunks_exact(18).zip(a) {
         let d = f16_at(blk, 0);
         let qs = &blk[2..18];
         let mut sumi = 0i32;
         for j in 0..16 {
-            let lo = (qs[j] & 0x0F) as i32 - 8;
-            let hi = (qs[j] >> 4) as i32 - 8;
-            sumi += lo * y.qs[j] as i32 + hi * y.qs[j + 16] as i32;
+            sumi += value(qs[j] & 0x0F) * y.qs[j] as i32 + value(qs[j] >> 4) * y.qs[j + 16] as i32;
         }
         acc = (sumi as f32).mul_add(d * y.d, acc);
     }
@@ -137,20 +141,8 @@ pub fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 }
 
 /// IQ4_NL (18-byte blocks: f16 d, 16 bytes of indices into a non-linear table) · Q8_0.
-/// Summed in the order of llama.cpp's x86 repacked IQ4_NL kernels, like [`vec_dot_q4_0_q8_0`].
 pub fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
-    let mut acc = 0.0f32;
-    for (blk, y) in w.chunks_exact(18).zip(a) {
-        let d = f16_at(blk, 0);
-        let qs = &blk[2..18];
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            sumi += KVALUES_IQ4NL[(qs[j] & 0x0F) as usize] as i32 * y.qs[j] as i32
-                + KVALUES_IQ4NL[(qs[j] >> 4) as usize] as i32 * y.qs[j + 16] as i32;
-        }
-        acc = (sumi as f32).mul_add(d * y.d, acc);
-    }
-    acc
+    nibble_blocks_dot(w, a, |n| KVALUES_IQ4NL[n as usize] as i32)
 }
 
 /// Q2_K (84-byte blocks: 16 scale/min bytes, 64 bytes of 2-bit quants, f16 d, f16 dmin) · Q8_K.
