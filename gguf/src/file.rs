@@ -63,6 +63,66 @@ impl GgufFile {
         &self.map
     }
 
+    /// The header bytes (everything before the tensor data): what a model fingerprint hashes.
+    pub fn header_bytes(&self) -> &[u8] {
+        let end = (self.header.data_offset as usize).min(self.map.len());
+        &self.map[..end]
+    }
+
+    /// The byte range of a tensor's data within the file.
+    pub fn tensor_extent(&self, info: &TensorInfo) -> std::ops::Range<usize> {
+        let start = (self.header.data_offset.saturating_add(info.offset) as usize).min(self.map.len());
+        let end = (start as u64).saturating_add(info.n_bytes).min(self.map.len() as u64) as usize;
+        start..end
+    }
+
+    /// Asks the kernel to read `range` of the file ahead (`MADV_WILLNEED`); advisory only.
+    pub fn advise_willneed(&self, range: std::ops::Range<usize>) -> std::io::Result<()> {
+        let (off, len) = self.clamp(range);
+        if len == 0 {
+            return Ok(());
+        }
+        #[cfg(unix)]
+        return self.map.advise_range(memmap2::Advice::WillNeed, off, len);
+        #[cfg(not(unix))]
+        Ok(())
+    }
+
+    /// Drops this process's pages of `range` (`MADV_DONTNEED`): resident memory shrinks and
+    /// the next access reads the data again from the page cache or the disk.
+    pub fn release_pages(&self, range: std::ops::Range<usize>) -> std::io::Result<()> {
+        let (off, len) = self.clamp(range);
+        if len == 0 {
+            return Ok(());
+        }
+        #[cfg(unix)]
+        // SAFETY: the map is a read-only mapping of a file that is not modified while mapped
+        // (ARCHITECTURE.md, Assumptions). Dropping its pages only makes the next access fault
+        // them in again from the file, with the same contents, so every outstanding `&[u8]`
+        // into the map keeps observing the same bytes.
+        return unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len) };
+        #[cfg(not(unix))]
+        Ok(())
+    }
+
+    /// Reads one byte of every page of `range`, so that its pages are resident in this process
+    /// now (prima.cpp's `--force`). Returns a value that depends on the bytes read, so the
+    /// reads cannot be optimised away.
+    pub fn touch_pages(&self, range: std::ops::Range<usize>) -> u64 {
+        let (off, len) = self.clamp(range);
+        let mut acc = 0u64;
+        for i in (off..off + len).step_by(4096) {
+            acc = acc.wrapping_add(u64::from(self.map[i]));
+        }
+        std::hint::black_box(acc)
+    }
+
+    fn clamp(&self, r: std::ops::Range<usize>) -> (usize, usize) {
+        let start = r.start.min(self.map.len());
+        let end = r.end.clamp(start, self.map.len());
+        (start, end - start)
+    }
+
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
         self.header.tensors.iter().find(|t| t.name == name)
     }
