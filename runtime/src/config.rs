@@ -170,6 +170,12 @@ impl NodeConfig {
         cfg.model = resolve(dir, &cfg.model);
         cfg.key_file = cfg.key_file.map(|k| resolve(dir, &k));
         cfg.validate().map_err(|msg| Error::Config { path: path.into(), msg })?;
+        if cfg.key_file.is_none() && (cfg.world > 1 || !cfg.is_head()) {
+            return Err(Error::Config {
+                path: path.into(),
+                msg: "key_file is required for a cluster (generate one with `prima keygen FILE`)".into(),
+            });
+        }
         Ok(cfg)
     }
 
@@ -177,16 +183,13 @@ impl NodeConfig {
         self.rank == 0
     }
 
-    /// Checks the fields that serde cannot.
+    /// Checks the fields that serde cannot (the key is checked where it is loaded).
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.world == 0 {
             return Err("world must be at least 1".into());
         }
         if self.is_head() && self.rank >= self.world {
             return Err(format!("rank {} is not below world {}", self.rank, self.world));
-        }
-        if self.key_file.is_none() && (self.world > 1 || !self.is_head()) {
-            return Err("key_file is required for a cluster (generate one with `prima keygen FILE`)".into());
         }
         if self.n_ctx == 0 {
             return Err("n_ctx must be positive".into());
@@ -244,11 +247,22 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_config_needs_a_key_file() {
+        let dir = std::env::temp_dir().join(format!("prima-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("node.toml");
+        std::fs::write(&p, "rank = 1\nmodel = \"m.gguf\"\nhead = \"127.0.0.1:9700\"\n").unwrap();
+        assert!(NodeConfig::load(&p).unwrap_err().to_string().contains("key_file"));
+        std::fs::write(&p, "rank = 1\nmodel = \"m.gguf\"\nhead = \"h:1\"\nkey_file = \"k\"\n").unwrap();
+        let c = NodeConfig::load(&p).unwrap();
+        assert_eq!((c.model, c.key_file), (dir.join("m.gguf"), Some(dir.join("k"))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn rejects_what_cannot_work() {
         let base = "model = \"m.gguf\"\nhead = \"127.0.0.1:9700\"\n";
         for (extra, why) in [
-            ("rank = 1\n", "key_file"),
-            ("rank = 0\nworld = 2\n", "key_file"),
             ("rank = 0\nworld = 2\nkey_file = \"k\"\nlayer_window = [30]\n", "entries"),
             ("rank = 0\nlisten = \"localhost\"\n", "IP:port"),
             ("rank = 0\nwire_dtype = \"bf16\"\n", "unknown variant"),

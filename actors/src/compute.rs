@@ -1,0 +1,265 @@
+//! Compute: runs this node's layer windows on the frames that reach it and owns their KV
+//! caches. On the head it also embeds the tokens a step starts with and computes the logits
+//! when a frame has been through every layer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use compute::{KvCache, Scratch};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use runtime::wire::{pack_hidden, unpack_hidden};
+use runtime::{Activations, Hop};
+
+use crate::batcher::BatcherMsg;
+use crate::prefetch::PrefetchMsg;
+use crate::ring::RingMsg;
+use crate::shard::Shard;
+
+/// Messages to Compute.
+pub enum ComputeMsg {
+    /// Where results go (sent once, before any frame).
+    Connect { ring: Option<ActorRef<RingMsg>>, batcher: Option<ActorRef<BatcherMsg>> },
+    /// The prefetcher was restarted: its new address.
+    Prefetcher(ActorRef<PrefetchMsg>),
+    /// Head: embed `tokens` at positions `first_pos..` and send them round the ring.
+    Start { request: u64, step: u32, tokens: Vec<u32>, first_pos: u32, want_logits: bool, trace: bool },
+    /// A frame read from the ring link.
+    Frame { acts: Activations, received: Instant },
+}
+
+pub struct ComputeArgs {
+    pub shard: Arc<Shard>,
+    pub rank: u32,
+    pub n_ctx: usize,
+    pub threads: usize,
+    pub wire_f16: bool,
+    pub prefetcher: ActorRef<PrefetchMsg>,
+}
+
+pub struct ComputeState {
+    shard: Arc<Shard>,
+    rank: u32,
+    n_ctx: usize,
+    wire_f16: bool,
+    kv: Vec<KvCache>,
+    scratch: Scratch,
+    hidden: Vec<f32>,
+    positions: Vec<usize>,
+    pool: rayon::ThreadPool,
+    prefetcher: ActorRef<PrefetchMsg>,
+    ring: Option<ActorRef<RingMsg>>,
+    batcher: Option<ActorRef<BatcherMsg>>,
+}
+
+/// What became of a frame after this node's windows ran.
+pub enum Outcome {
+    /// On to the next node.
+    Forward(Activations),
+    /// Back at the head after the last layer (logits when they were asked for).
+    Back { request: u64, step: u32, logits: Option<Vec<f32>>, trace: Option<Vec<Hop>> },
+}
+
+impl ComputeState {
+    /// Embeds tokens (head).
+    fn embed(&mut self, tokens: &[u32]) -> Result<(), String> {
+        let ends = self.shard.ends.as_ref().ok_or("this node is not the head")?;
+        ends.embed(tokens, &mut self.hidden).map_err(|e| e.to_string())
+    }
+
+    /// Runs every window of this node that starts where the frame is, for as long as the
+    /// next layer is this node's, then says where the frame goes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &mut self,
+        request: u64,
+        step: u32,
+        mut layer: usize,
+        want_logits: bool,
+        mut trace: Option<Vec<Hop>>,
+        received: Instant,
+    ) -> Result<Outcome, String> {
+        let n_layer = self.shard.n_layer;
+        let first = layer;
+        let mut compute_us = 0u64;
+        loop {
+            if layer == n_layer {
+                if self.shard.ends.is_none() {
+                    // Past the last layer on a node other than the head (the last cycle ended
+                    // before the ring did): relay it on towards the head.
+                    break;
+                }
+                if let Some(t) = trace.as_mut() {
+                    if layer > first {
+                        t.push(self.hop(first, layer, compute_us, received));
+                    }
+                }
+                let Some(ends) = self.shard.ends.clone() else { break };
+                let logits = if want_logits {
+                    let e = self.shard.n_embd;
+                    let last = &self.hidden[self.hidden.len() - e..];
+                    let mut logits = Vec::new();
+                    let scratch = &mut self.scratch;
+                    self.pool.install(|| ends.logits(last, &mut logits, scratch)).map_err(|e| e.to_string())?;
+                    Some(logits)
+                } else {
+                    None
+                };
+                return Ok(Outcome::Back { request, step, logits, trace });
+            }
+            let Some(i) = self.shard.windows.iter().position(|w| w.layers.start == layer) else {
+                if layer == first && self.shard.ends.is_none() {
+                    let held: Vec<_> = self.shard.windows.iter().map(|w| w.layers.clone()).collect();
+                    return Err(format!("a frame for layer {layer} reached node {}, which holds {held:?}", self.rank));
+                }
+                break;
+            };
+            let n = self.shard.windows.len();
+            let next = (i + 1) % n;
+            let _ = self.prefetcher.cast(PrefetchMsg::Prefetch(next));
+            let w = &self.shard.windows[i];
+            let t = Instant::now();
+            let (model, range) = (w.model.clone(), w.layers.clone());
+            let (hidden, positions, kv, scratch) =
+                (&mut self.hidden, &self.positions, &mut self.kv[i], &mut self.scratch);
+            self.pool
+                .install(|| model.forward_layers(range.clone(), hidden, positions, kv, scratch))
+                .map_err(|e| format!("layers {range:?}: {e}"))?;
+            compute_us += t.elapsed().as_micros() as u64;
+            let _ = self.prefetcher.cast(PrefetchMsg::Ran { window: i, next });
+            layer = range.end;
+        }
+        if let Some(t) = trace.as_mut().filter(|_| layer > first) {
+            t.push(self.hop(first, layer, compute_us, received));
+        }
+        Ok(Outcome::Forward(Activations {
+            request,
+            step,
+            layer: layer as u32,
+            positions: self.positions.iter().map(|&p| p as u32).collect(),
+            f16: self.wire_f16,
+            hidden: pack_hidden(&self.hidden, self.wire_f16),
+            want_logits,
+            trace,
+        }))
+    }
+
+    fn hop(&self, first: usize, end: usize, compute_us: u64, received: Instant) -> Hop {
+        Hop {
+            rank: self.rank,
+            first_layer: first as u32,
+            n_layers: (end - first) as u32,
+            compute_us,
+            node_us: received.elapsed().as_micros() as u64,
+        }
+    }
+
+    /// Checks a frame from the ring and loads its rows.
+    fn accept(&mut self, a: &Activations) -> Result<(), String> {
+        let e = self.shard.n_embd;
+        let rows = a.positions.len();
+        if rows == 0 {
+            return Err("frame without rows".into());
+        }
+        if a.layer as usize > self.shard.n_layer {
+            return Err(format!("frame for layer {} of a {}-layer model", a.layer, self.shard.n_layer));
+        }
+        if let Some(&p) = a.positions.iter().find(|&&p| p as usize >= self.n_ctx) {
+            return Err(format!("position {p} is outside the context of {}", self.n_ctx));
+        }
+        if a.hidden.len() != rows * e * if a.f16 { 2 } else { 4 } {
+            return Err(format!("{} bytes of hidden state for {rows} rows of width {e}", a.hidden.len()));
+        }
+        unpack_hidden(&a.hidden, a.f16, &mut self.hidden).ok_or("hidden state of the wrong size")?;
+        self.positions.clear();
+        self.positions.extend(a.positions.iter().map(|&p| p as usize));
+        Ok(())
+    }
+
+    fn deliver(&self, out: Outcome) -> Result<(), String> {
+        match out {
+            Outcome::Forward(acts) => {
+                let ring = self.ring.as_ref().ok_or("no ring link to forward to")?;
+                ring.cast(RingMsg::Send(acts)).map_err(|e| format!("ring link is gone: {e}"))
+            }
+            Outcome::Back { request, step, logits, trace } => {
+                let b = self.batcher.as_ref().ok_or("no batcher on this node")?;
+                b.cast(BatcherMsg::Back { request, step, logits, trace }).map_err(|e| format!("batcher is gone: {e}"))
+            }
+        }
+    }
+}
+
+pub struct Compute;
+
+impl Actor for Compute {
+    type Msg = ComputeMsg;
+    type State = ComputeState;
+    type Arguments = ComputeArgs;
+
+    async fn pre_start(&self, _me: ActorRef<ComputeMsg>, a: ComputeArgs) -> Result<ComputeState, ActorProcessingErr> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(a.threads.max(1))
+            .thread_name(move |i| format!("prima-compute-{i}"))
+            .build()?;
+        let kv = a.shard.windows.iter().map(|w| w.model.new_kv_cache(a.n_ctx)).collect::<Vec<_>>();
+        let kv_bytes: usize = kv.iter().map(KvCache::bytes).sum();
+        tracing::info!(
+            "compute: {} threads, KV cache {:.1} MiB for {} positions",
+            a.threads,
+            kv_bytes as f64 / 1048576.0,
+            a.n_ctx
+        );
+        if !a.shard.windows.is_empty() {
+            let _ = a.prefetcher.cast(PrefetchMsg::Prefetch(0));
+        }
+        Ok(ComputeState {
+            shard: a.shard,
+            rank: a.rank,
+            n_ctx: a.n_ctx,
+            wire_f16: a.wire_f16,
+            kv,
+            scratch: Scratch::default(),
+            hidden: Vec::new(),
+            positions: Vec::new(),
+            pool,
+            prefetcher: a.prefetcher,
+            ring: None,
+            batcher: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<ComputeMsg>,
+        msg: ComputeMsg,
+        st: &mut ComputeState,
+    ) -> Result<(), ActorProcessingErr> {
+        let out = match msg {
+            ComputeMsg::Connect { ring, batcher } => {
+                st.ring = ring;
+                st.batcher = batcher;
+                return Ok(());
+            }
+            ComputeMsg::Prefetcher(p) => {
+                st.prefetcher = p;
+                return Ok(());
+            }
+            ComputeMsg::Start { request, step, tokens, first_pos, want_logits, trace } => {
+                let received = Instant::now();
+                tokio::task::block_in_place(|| {
+                    st.embed(&tokens)?;
+                    st.positions.clear();
+                    st.positions.extend((0..tokens.len()).map(|i| first_pos as usize + i));
+                    st.run(request, step, 0, want_logits, trace.then(Vec::new), received)
+                })
+            }
+            ComputeMsg::Frame { acts, received } => tokio::task::block_in_place(|| {
+                st.accept(&acts)?;
+                st.run(acts.request, acts.step, acts.layer as usize, acts.want_logits, acts.trace, received)
+            }),
+        };
+        let out = out?;
+        st.deliver(out)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,492 @@
+//! `Node`: one device of a ring, started from a [`NodeConfig`]. Bootstrap (join, plan, ring
+//! links) is plain async code; once the ring is formed the node's actors run under a
+//! [`NodeSupervisor`](crate::supervisor::NodeSupervisor).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gguf::Tokenizer;
+use ractor::{Actor, ActorRef};
+use runtime::auth::ClusterKey;
+use runtime::wire::{decode, encode};
+use runtime::{Control, Data, Link, LinkReader, LinkWriter, NodeConfig, Plan};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::batcher::{BatcherMsg, Event, GenerateRequest};
+use crate::error::{NodeError, Result};
+use crate::prefetch::PrefetchConfig;
+use crate::shard::{self, Shard};
+use crate::supervisor::{ControlPeer, NodeSupervisor, Outcome, SupervisorArgs, SupervisorMsg};
+
+/// Handshakes and single control replies must come within this.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// A running node.
+pub struct Node {
+    rank: u32,
+    sup: Option<ActorRef<SupervisorMsg>>,
+    sup_task: Option<tokio::task::JoinHandle<()>>,
+    batcher: Option<ActorRef<BatcherMsg>>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    outcome: watch::Receiver<Outcome>,
+    plan: Option<Plan>,
+    windows: Vec<Range<usize>>,
+}
+
+/// Where the others reach a node's ring listener: an unspecified IP is replaced by `seen`.
+fn reachable(listen: SocketAddr, seen: std::net::IpAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::new(seen, listen.port())
+    } else {
+        listen
+    }
+}
+
+async fn recv_control(link: &mut Link, what: &'static str, within: Duration) -> Result<Control> {
+    let peer = link.peer.clone();
+    let payload = tokio::time::timeout(within, link.recv()).await.map_err(|_| runtime::Error::Timeout {
+        peer: peer.clone(),
+        secs: within.as_secs(),
+        what,
+    })??;
+    decode::<Control>(payload).map_err(|msg| runtime::Error::Frame { peer, msg }.into())
+}
+
+async fn send_control(link: &mut Link, msg: &Control) -> Result<()> {
+    Ok(link.send(&encode(msg)).await?)
+}
+
+/// Connects to the next node and accepts the previous one; both directions at once, since
+/// every node of the ring does the same.
+async fn form_ring(
+    listener: &TcpListener,
+    rank: u32,
+    prev: u32,
+    next_addr: &str,
+    key: &ClusterKey,
+    max_frame: usize,
+    within: Duration,
+) -> Result<(LinkReader, LinkWriter)> {
+    let accept = async {
+        loop {
+            let (s, addr) = listener.accept().await.map_err(|e| NodeError::Join(format!("ring listener: {e}")))?;
+            let mut link = match Link::accept(s, key, HANDSHAKE, max_frame).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("ring listener: refused {addr}: {e}");
+                    continue;
+                }
+            };
+            match link.recv().await.map(decode::<Data>) {
+                Ok(Ok(Data::Hello { rank })) if rank == prev => return Ok::<_, NodeError>(link.split().0),
+                Ok(Ok(Data::Hello { rank })) => {
+                    tracing::warn!("ring listener: node {rank} connected, expected node {prev}")
+                }
+                other => tracing::warn!("ring listener: {addr} did not introduce itself: {other:?}"),
+            }
+        }
+    };
+    let connect = async {
+        let mut link = Link::connect(next_addr, key, HANDSHAKE, max_frame).await?;
+        link.send(&encode(&Data::Hello { rank })).await?;
+        Ok::<_, NodeError>(link.split().1)
+    };
+    let both = async { tokio::try_join!(accept, connect) };
+    tokio::time::timeout(within, both).await.map_err(|_| {
+        NodeError::Join(format!("ring links (from node {prev}, to {next_addr}) not up within {} s", within.as_secs()))
+    })?
+}
+
+impl Node {
+    /// Starts a node from its configuration: the head waits until every node has joined and
+    /// the ring is up; another node returns once it is part of the ring (or was told it holds
+    /// no layer).
+    pub async fn spawn(cfg: NodeConfig) -> Result<Node> {
+        let key = match &cfg.key_file {
+            Some(p) => Some(ClusterKey::load(p)?),
+            None => None,
+        };
+        Node::spawn_with(cfg, key, None).await
+    }
+
+    /// As [`Node::spawn`], with the key in memory and (head) an already bound control
+    /// listener: what [`crate::Cluster::local`] uses.
+    pub async fn spawn_with(cfg: NodeConfig, key: Option<ClusterKey>, control: Option<TcpListener>) -> Result<Node> {
+        cfg.validate().map_err(|msg| NodeError::Join(format!("invalid config: {msg}")))?;
+        if tokio::runtime::Handle::current().runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(NodeError::Actor("a node needs tokio's multi-threaded runtime".into()));
+        }
+        if cfg.is_head() {
+            spawn_head(cfg, key, control).await
+        } else {
+            spawn_member(cfg, key).await
+        }
+    }
+
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// The layer windows this node runs (empty: not in the ring).
+    pub fn windows(&self) -> &[Range<usize>] {
+        &self.windows
+    }
+
+    /// The head's plan.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
+    }
+
+    /// The model's tokenizer (head only).
+    pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Starts a request (head only); its tokens stream on the returned channel, ending with
+    /// `Done` or `Error`.
+    pub fn generate(&self, req: GenerateRequest) -> Result<mpsc::UnboundedReceiver<Event>> {
+        let b = self.batcher.as_ref().ok_or_else(|| NodeError::Protocol("only the head takes requests".into()))?;
+        if let Some(Err(e)) = self.outcome.borrow().clone() {
+            return Err(NodeError::Lost(e));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        b.cast(BatcherMsg::Generate(req, tx)).map_err(|_| NodeError::ShuttingDown)?;
+        Ok(rx)
+    }
+
+    /// Waits until the node ends: `Ok` after a clean shutdown.
+    pub async fn wait(&mut self) -> Result<()> {
+        let r = loop {
+            if let Some(r) = self.outcome.borrow().clone() {
+                break r;
+            }
+            if self.outcome.changed().await.is_err() {
+                break Err("the node stopped".into());
+            }
+        };
+        if let Some(t) = self.sup_task.take() {
+            let _ = t.await;
+        }
+        r.map_err(NodeError::Lost)
+    }
+
+    /// Stops the node cleanly (the head stops every node).
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(s) = &self.sup {
+            let _ = s.cast(SupervisorMsg::Shutdown);
+        }
+        self.wait().await
+    }
+
+    /// Runs a request to the end and returns its tokens and timings.
+    pub async fn generate_all(&self, req: GenerateRequest) -> Result<(Vec<u32>, crate::batcher::GenerationStats)> {
+        let mut rx = self.generate(req)?;
+        let mut out = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Token(t) => out.push(t),
+                Event::Done(stats) => return Ok((out, stats)),
+                Event::Error(e) => return Err(NodeError::Lost(e)),
+            }
+        }
+        Err(NodeError::ShuttingDown)
+    }
+
+    /// Stops the node at once, without telling anyone (what a crash looks like to the others).
+    pub fn abort(&self) {
+        if let Some(s) = &self.sup {
+            s.stop(Some("aborted".into()));
+        }
+    }
+}
+
+struct Joined {
+    link: Link,
+    data_addr: SocketAddr,
+    /// Our address as this node sees it (to tell the head's predecessor where to connect).
+    local: SocketAddr,
+}
+
+async fn spawn_head(cfg: NodeConfig, key: Option<ClusterKey>, control: Option<TcpListener>) -> Result<Node> {
+    let (file, fp, hp) = shard::open(&cfg.model)?;
+    let tokenizer = Arc::new(
+        Tokenizer::from_metadata(file.metadata())
+            .map_err(|e| NodeError::Model { path: cfg.model.display().to_string(), msg: format!("tokenizer: {e}") })?,
+    );
+    let plan = match &cfg.layer_window {
+        Some(w) => Plan::from_windows(hp.n_layer, w)?,
+        None => Plan::even(hp.n_layer, cfg.world as usize)?,
+    };
+    tracing::info!(
+        "plan: {} layers, windows {} ({} cycle{}), ring {:?}",
+        hp.n_layer,
+        plan.windows_text(),
+        plan.cycles,
+        if plan.cycles == 1 { "" } else { "s" },
+        plan.ring
+    );
+    let world = cfg.world;
+    let max_frame = cfg.max_frame_bytes();
+    let listen: SocketAddr =
+        cfg.listen.parse().map_err(|_| NodeError::Join(format!("bad listen address {}", cfg.listen)))?;
+    let data =
+        TcpListener::bind(listen).await.map_err(|e| NodeError::Join(format!("cannot listen on {listen}: {e}")))?;
+    let data_local = data.local_addr().map_err(|e| NodeError::Join(e.to_string()))?;
+    let mut joined: BTreeMap<u32, Joined> = BTreeMap::new();
+    if world > 1 {
+        let key = key.as_ref().ok_or_else(|| NodeError::Join("a cluster needs a key_file".into()))?;
+        let control = match control {
+            Some(l) => l,
+            None => TcpListener::bind(&cfg.head)
+                .await
+                .map_err(|e| NodeError::Join(format!("cannot listen on {}: {e}", cfg.head)))?,
+        };
+        tracing::info!(
+            "head: waiting for {} node(s) on {}",
+            world - 1,
+            control.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        let deadline = Instant::now() + Duration::from_secs(cfg.join_timeout_s);
+        while joined.len() < world as usize - 1 {
+            let accepted = tokio::time::timeout_at(deadline, control.accept()).await.map_err(|_| {
+                let missing: Vec<u32> = (1..world).filter(|r| !joined.contains_key(r)).collect();
+                NodeError::Join(format!(
+                    "timed out after {} s waiting for node(s) {missing:?} to join",
+                    cfg.join_timeout_s
+                ))
+            })?;
+            let (stream, addr) = accepted.map_err(|e| NodeError::Join(format!("control listener: {e}")))?;
+            let local = stream.local_addr().unwrap_or(data_local);
+            let mut link = match Link::accept(stream, key, HANDSHAKE, max_frame).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("refused a connection from {addr}: {e}");
+                    continue;
+                }
+            };
+            let (rank, peer_fp, data_addr, threads, host) = match recv_control(&mut link, "Join", HANDSHAKE).await {
+                Ok(Control::Join { rank, fingerprint, data_addr, threads, host }) => {
+                    (rank, fingerprint, data_addr, threads, host)
+                }
+                other => {
+                    tracing::warn!("{addr} did not join: {other:?}");
+                    continue;
+                }
+            };
+            let refuse = if rank == 0 || rank >= world {
+                Some(format!("rank {rank} is outside 1..{world}"))
+            } else if joined.contains_key(&rank) {
+                Some(format!("rank {rank} has already joined"))
+            } else if peer_fp != fp {
+                Some(format!(
+                    "its model file differs from the head's (head: {}; node {rank}: {})",
+                    fp.short(),
+                    peer_fp.short()
+                ))
+            } else {
+                None
+            };
+            let data_addr = match data_addr.parse::<SocketAddr>() {
+                Ok(a) => reachable(a, addr.ip()),
+                Err(_) => {
+                    tracing::warn!("node {rank} at {addr} sent a bad ring address {data_addr:?}");
+                    continue;
+                }
+            };
+            if let Some(reason) = refuse {
+                tracing::warn!("refused node {rank} from {addr}: {reason}");
+                let _ = send_control(&mut link, &Control::Refused { reason }).await;
+                continue;
+            }
+            tracing::info!("node {rank} joined from {addr} ({host}, {threads} threads)");
+            joined.insert(rank, Joined { link, data_addr, local });
+        }
+    }
+    // Where the head's predecessor connects: the head's address as that node sees it.
+    let me = plan.node(0).ok_or_else(|| NodeError::Join("the head is not in its own ring".into()))?;
+    let head_addr = match joined.get(&me.prev) {
+        Some(j) => reachable(data_local, j.local.ip()),
+        None => data_local,
+    };
+    let addrs: BTreeMap<u32, SocketAddr> = joined.iter().map(|(&r, j)| (r, j.data_addr)).collect();
+    let addr_of = |r: u32| addrs.get(&r).copied().unwrap_or(head_addr);
+    for (&rank, j) in joined.iter_mut() {
+        let msg = match plan.node(rank) {
+            Some(np) => Control::Plan {
+                windows: np.windows.iter().map(|w| (w.start as u32, w.end as u32)).collect(),
+                prev: np.prev,
+                next: np.next,
+                next_addr: addr_of(np.next).to_string(),
+                wire_f16: cfg.wire_dtype == runtime::WireDtype::F16,
+                n_ctx: cfg.n_ctx as u32,
+                ring: plan.ring.clone(),
+            },
+            None => Control::Plan {
+                windows: vec![],
+                prev: 0,
+                next: 0,
+                next_addr: String::new(),
+                wire_f16: false,
+                n_ctx: 0,
+                ring: plan.ring.clone(),
+            },
+        };
+        send_control(&mut j.link, &msg).await?;
+    }
+    joined.retain(|r, _| plan.ring.contains(r));
+    let shard = Arc::new(Shard::load(file, &me.windows, true)?);
+    let ring = if plan.ring.len() > 1 {
+        let key = key.as_ref().ok_or_else(|| NodeError::Join("a cluster needs a key_file".into()))?;
+        let within = Duration::from_secs(cfg.join_timeout_s);
+        let (r, w) = form_ring(&data, 0, me.prev, &addr_of(me.next).to_string(), key, max_frame, within).await?;
+        Some((me.prev, me.next, r, w))
+    } else {
+        None
+    };
+    let mut control = Vec::new();
+    for (rank, mut j) in joined {
+        match recv_control(&mut j.link, "Ready", Duration::from_secs(cfg.join_timeout_s)).await {
+            Ok(Control::Ready) => {}
+            Ok(Control::Error { message }) => {
+                return Err(NodeError::Join(format!("node {rank} failed to start: {message}")))
+            }
+            Ok(other) => return Err(NodeError::Protocol(format!("node {rank} sent {other:?} instead of Ready"))),
+            Err(e) => return Err(NodeError::Join(format!("node {rank} did not get ready: {e}"))),
+        }
+        let addr = j.data_addr.to_string();
+        let (reader, writer) = j.link.split();
+        control.push(ControlPeer { rank, addr, reader, writer });
+    }
+    tracing::info!("ring ready: {:?}", plan.ring);
+    start(cfg, 0, shard, ring, control, Some(tokenizer), Some(plan), me.windows).await
+}
+
+async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> {
+    let key = key.ok_or_else(|| NodeError::Join("a node needs the cluster key_file".into()))?;
+    let (file, fp, _) = shard::open(&cfg.model)?;
+    let max_frame = cfg.max_frame_bytes();
+    let listen: SocketAddr =
+        cfg.listen.parse().map_err(|_| NodeError::Join(format!("bad listen address {}", cfg.listen)))?;
+    let data =
+        TcpListener::bind(listen).await.map_err(|e| NodeError::Join(format!("cannot listen on {listen}: {e}")))?;
+    let data_local = data.local_addr().map_err(|e| NodeError::Join(e.to_string()))?;
+    // The head may start after us: retry refused connections until the join timeout.
+    let deadline = Instant::now() + Duration::from_secs(cfg.join_timeout_s);
+    let mut link = loop {
+        match Link::connect(&cfg.head, &key, HANDSHAKE, max_frame).await {
+            Ok(l) => break l,
+            Err(runtime::Error::LinkIo { source, .. })
+                if source.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(NodeError::Join(format!("cannot join the head at {}: {e}", cfg.head))),
+        }
+    };
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "?".into());
+    let threads = cfg.threads.unwrap_or_else(default_threads);
+    let join = Control::Join {
+        rank: cfg.rank,
+        fingerprint: fp,
+        data_addr: data_local.to_string(),
+        threads: threads as u32,
+        host,
+    };
+    send_control(&mut link, &join).await?;
+    tracing::info!("node {}: joined the head at {}; waiting for the plan", cfg.rank, cfg.head);
+    let within = Duration::from_secs(cfg.join_timeout_s);
+    let (windows, prev, next, next_addr, wire_f16, n_ctx) = match recv_control(&mut link, "the plan", within).await? {
+        Control::Plan { windows, prev, next, next_addr, wire_f16, n_ctx, .. } => {
+            (windows, prev, next, next_addr, wire_f16, n_ctx)
+        }
+        Control::Refused { reason } => return Err(NodeError::Refused(reason)),
+        other => return Err(NodeError::Protocol(format!("expected a plan from the head, got {other:?}"))),
+    };
+    let windows: Vec<Range<usize>> = windows.iter().map(|&(a, b)| a as usize..b as usize).collect();
+    if windows.is_empty() {
+        tracing::info!("No layer is assigned to me, exit");
+        let (_tx, outcome) = watch::channel(Some(Ok(())));
+        return Ok(Node {
+            rank: cfg.rank,
+            sup: None,
+            sup_task: None,
+            batcher: None,
+            tokenizer: None,
+            outcome,
+            plan: None,
+            windows,
+        });
+    }
+    if windows.iter().any(|w| w.start >= w.end || w.end > file_layers(&file)) || n_ctx == 0 {
+        return Err(NodeError::Protocol(format!(
+            "the head sent an impossible plan: windows {windows:?}, n_ctx {n_ctx}"
+        )));
+    }
+    let shard = match Shard::load(file, &windows, false) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let _ = send_control(&mut link, &Control::Error { message: e.to_string() }).await;
+            return Err(e);
+        }
+    };
+    let (r, w) = form_ring(&data, cfg.rank, prev, &next_addr, &key, max_frame, within).await?;
+    send_control(&mut link, &Control::Ready).await?;
+    let (reader, writer) = link.split();
+    let control = vec![ControlPeer { rank: 0, addr: cfg.head.clone(), reader, writer }];
+    let mut cfg = cfg;
+    cfg.n_ctx = n_ctx as usize;
+    cfg.wire_dtype = if wire_f16 { runtime::WireDtype::F16 } else { runtime::WireDtype::F32 };
+    let rank = cfg.rank;
+    start(cfg, rank, shard, Some((prev, next, r, w)), control, None, None, windows).await
+}
+
+fn file_layers(file: &gguf::GgufFile) -> usize {
+    compute::HParams::from_metadata(file.metadata()).map(|h| h.n_layer).unwrap_or(0)
+}
+
+pub(crate) fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    cfg: NodeConfig,
+    rank: u32,
+    shard: Arc<Shard>,
+    ring: Option<(u32, u32, LinkReader, LinkWriter)>,
+    control: Vec<ControlPeer>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    plan: Option<Plan>,
+    windows: Vec<Range<usize>>,
+) -> Result<Node> {
+    let (outcome_tx, outcome) = watch::channel(None);
+    let (btx, brx) = oneshot::channel();
+    let args = SupervisorArgs {
+        rank,
+        shard,
+        n_ctx: cfg.n_ctx,
+        threads: cfg.threads.unwrap_or_else(default_threads),
+        wire_f16: cfg.wire_dtype == runtime::WireDtype::F16,
+        prefetch: PrefetchConfig {
+            prefetch: cfg.prefetch,
+            force: cfg.force,
+            budget: cfg.memory_budget_mb.map(|m| (m as usize) << 20),
+        },
+        ring,
+        control,
+        tokenizer: tokenizer.clone(),
+        heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+        peer_timeout: Duration::from_millis(cfg.peer_timeout_ms),
+        outcome: outcome_tx,
+        batcher_tx: tokenizer.is_some().then_some(btx),
+    };
+    let (sup, task) = Actor::spawn(None, NodeSupervisor, args).await.map_err(|e| NodeError::Actor(e.to_string()))?;
+    let batcher = if tokenizer.is_some() { brx.await.ok() } else { None };
+    Ok(Node { rank, sup: Some(sup), sup_task: Some(task), batcher, tokenizer, outcome, plan, windows })
+}

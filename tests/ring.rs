@@ -1,0 +1,143 @@
+//! End-to-end: a ring of nodes over real TCP on loopback produces, token for token, the greedy
+//! output of one device (`prima run`'s path, `Session`) on the real SmolLM2 model, for 1 to 4
+//! nodes, with windows that take one and several cycles, with and without a head that holds
+//! layers; and a ring that loses a node fails the request with an error naming it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prima::compute::{LoadSpec, Model, SamplerConfig, Session};
+use prima::gguf::{GgufFile, Tokenizer};
+use prima::{Cluster, GenerateRequest, LocalCluster};
+
+fn model_path() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} is missing: run scripts/fetch-model.sh", p.display());
+    p
+}
+
+const N_PREDICT: usize = 10;
+
+fn prompt(text: &str) -> Vec<u32> {
+    let f = GgufFile::open(model_path()).unwrap();
+    Tokenizer::from_metadata(f.metadata()).unwrap().encode(text, true, true)
+}
+
+/// Greedy generation on one device, exactly as `prima run` does it.
+fn single_device(prompt: &[u32], n_predict: usize) -> Vec<u32> {
+    let file = Arc::new(GgufFile::open(model_path()).unwrap());
+    let n_layer = prima::compute::HParams::from_metadata(file.metadata()).unwrap().n_layer;
+    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+    let model = Model::load(file, LoadSpec::full(n_layer)).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| {
+        let mut s = Session::new(&model, 1024).unwrap();
+        let mut logits = Vec::new();
+        s.feed(prompt, &mut logits).unwrap();
+        let mut out = Vec::new();
+        for i in 0..n_predict {
+            let id = prima::compute::sampling::argmax(&logits);
+            if tok.is_eog(id) {
+                break;
+            }
+            out.push(id);
+            if i + 1 == n_predict {
+                break;
+            }
+            s.feed(&[id], &mut logits).unwrap();
+        }
+        out
+    })
+}
+
+fn request(prompt: &[u32], n_predict: usize) -> GenerateRequest {
+    GenerateRequest { prompt: prompt.to_vec(), n_predict, sampling: SamplerConfig::greedy(), trace: true }
+}
+
+async fn ring_output(nodes: u32, windows: Option<Vec<usize>>, prompt: &[u32]) -> Vec<u32> {
+    let mut opts = LocalCluster::new(model_path(), nodes);
+    opts.layer_window = windows.clone();
+    opts.n_ctx = 1024;
+    let cluster = Cluster::local(opts).await.unwrap_or_else(|e| panic!("{nodes} nodes {windows:?}: {e}"));
+    let (tokens, stats) = cluster.head.generate_all(request(prompt, N_PREDICT)).await.unwrap();
+    // Every decoded token went round the whole ring: the hops cover every layer once.
+    for hops in &stats.hops {
+        let layers: u32 = hops.iter().map(|h| h.n_layers).sum();
+        assert_eq!(layers, 30, "{hops:?}");
+    }
+    cluster.shutdown().await.unwrap();
+    tokens
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rings_of_one_to_four_nodes_match_one_device() {
+    let p = prompt("The capital of France is");
+    let want = single_device(&p, N_PREDICT);
+    assert_eq!(want.len(), N_PREDICT);
+    let cases: &[(u32, Option<Vec<usize>>)] = &[
+        (1, None),
+        (2, Some(vec![15, 15])),
+        (2, Some(vec![4, 6])),    // 3 cycles
+        (3, None),                // even split 10,10,10
+        (3, Some(vec![3, 4, 5])), // 3 cycles, the last one partial
+        (4, Some(vec![8, 8, 8, 6])),
+        (4, Some(vec![0, 5, 2, 3])),    // a head without layers, 3 cycles
+        (4, Some(vec![10, 0, 10, 10])), // a node without layers leaves the ring
+    ];
+    for (n, w) in cases {
+        let t = Instant::now();
+        let got = ring_output(*n, w.clone(), &p).await;
+        assert_eq!(got, want, "{n} nodes, windows {w:?}");
+        eprintln!("{n} nodes {w:?}: ok in {:.1} s", t.elapsed().as_secs_f64());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follow_up_request_reuses_the_cached_prefix_and_still_matches() {
+    let first = prompt("<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n");
+    let mut opts = LocalCluster::new(model_path(), 2);
+    opts.layer_window = Some(vec![7, 8]);
+    opts.n_ctx = 1024;
+    let cluster = Cluster::local(opts).await.unwrap();
+    let (out1, s1) = cluster.head.generate_all(request(&first, 4)).await.unwrap();
+    assert_eq!(out1, single_device(&first, 4));
+    assert_eq!(s1.n_reused, 0);
+    let mut second = first.clone();
+    second.extend_from_slice(&out1);
+    second
+        .extend(prompt("<|im_end|>\n<|im_start|>user\nAnother one.<|im_end|>\n<|im_start|>assistant\n").iter().skip(1));
+    let (out2, s2) = cluster.head.generate_all(request(&second, 4)).await.unwrap();
+    assert!(s2.n_reused >= first.len(), "reused {} of {}", s2.n_reused, second.len());
+    assert_eq!(out2.len(), 4);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_a_node_fails_the_request_with_its_name() {
+    let p = prompt("Once upon a time");
+    let mut opts = LocalCluster::new(model_path(), 3);
+    opts.n_ctx = 1024;
+    let mut cluster = Cluster::local(opts).await.unwrap();
+    let mut rx = cluster.head.generate(request(&p, 200)).unwrap();
+    // Let a few tokens through, then crash node 2.
+    let mut got = 0;
+    while got < 3 {
+        match rx.recv().await {
+            Some(prima::Event::Token(_)) => got += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let t = Instant::now();
+    cluster.nodes[1].abort();
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(prima::Event::Token(_))) => continue,
+            Ok(Some(prima::Event::Error(e))) => break e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    };
+    assert!(err.contains("node 2"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(cluster.head.wait().await.is_err());
+}
