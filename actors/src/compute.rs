@@ -95,11 +95,23 @@ impl ComputeState {
                 }
                 let Some(ends) = self.shard.ends.clone() else { break };
                 let logits = if want_logits {
+                    let t = Instant::now();
                     let e = self.shard.n_embd;
                     let last = &self.hidden[self.hidden.len() - e..];
                     let mut logits = Vec::new();
                     let scratch = &mut self.scratch;
                     self.pool.install(|| ends.logits(last, &mut logits, scratch)).map_err(|e| e.to_string())?;
+                    if let Some(tr) = trace.as_mut() {
+                        // The output head, as a hop of no layers starting at `n_layer`.
+                        let us = t.elapsed().as_micros() as u64;
+                        tr.push(Hop {
+                            rank: self.rank,
+                            first_layer: n_layer as u32,
+                            n_layers: 0,
+                            compute_us: us,
+                            node_us: us,
+                        });
+                    }
                     Some(logits)
                 } else {
                     None

@@ -34,6 +34,7 @@ pub struct Node {
     sup_task: Option<tokio::task::JoinHandle<()>>,
     batcher: Option<ActorRef<BatcherMsg>>,
     tokenizer: Option<Arc<Tokenizer>>,
+    chat_template: Option<String>,
     outcome: watch::Receiver<Outcome>,
     plan: Option<Plan>,
     windows: Vec<Range<usize>>,
@@ -146,6 +147,11 @@ impl Node {
     /// The model's tokenizer (head only).
     pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
         self.tokenizer.as_ref()
+    }
+
+    /// The model's chat template, if the file has one (head only).
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
     }
 
     /// Starts a request (head only); its tokens stream on the returned channel, ending with
@@ -389,7 +395,10 @@ async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> 
             Err(e) => return Err(NodeError::Join(format!("cannot join the head at {}: {e}", cfg.head))),
         }
     };
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "?".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown host".into());
     let threads = cfg.threads.unwrap_or_else(default_threads);
     let join = Control::Join {
         rank: cfg.rank,
@@ -418,6 +427,7 @@ async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> 
             sup_task: None,
             batcher: None,
             tokenizer: None,
+            chat_template: None,
             outcome,
             plan: None,
             windows,
@@ -469,7 +479,7 @@ async fn start(
     let (btx, brx) = oneshot::channel();
     let args = SupervisorArgs {
         rank,
-        shard,
+        shard: shard.clone(),
         n_ctx: cfg.n_ctx,
         threads: cfg.threads.unwrap_or_else(default_threads),
         wire_f16: cfg.wire_dtype == runtime::WireDtype::F16,
@@ -488,5 +498,10 @@ async fn start(
     };
     let (sup, task) = Actor::spawn(None, NodeSupervisor, args).await.map_err(|e| NodeError::Actor(e.to_string()))?;
     let batcher = if tokenizer.is_some() { brx.await.ok() } else { None };
-    Ok(Node { rank, sup: Some(sup), sup_task: Some(task), batcher, tokenizer, outcome, plan, windows })
+    let chat_template = if rank == 0 {
+        shard.file.metadata().str_opt("tokenizer.chat_template").ok().flatten().map(str::to_string)
+    } else {
+        None
+    };
+    Ok(Node { rank, sup: Some(sup), sup_task: Some(task), batcher, tokenizer, chat_template, outcome, plan, windows })
 }

@@ -54,6 +54,8 @@ pub enum SupervisorMsg {
     Fatal(String),
     /// Stop cleanly (the head tells the other nodes to stop too).
     Shutdown,
+    /// The head stopped the ring because it failed: end with this error, telling no one.
+    Stopped(String),
 }
 
 pub struct SupervisorState {
@@ -89,7 +91,7 @@ async fn head_control(
         tokio::select! {
             msg = out.recv() => {
                 let Some(msg) = msg else { return };
-                let last = matches!(msg, Control::Shutdown);
+                let last = matches!(msg, Control::Shutdown { .. });
                 if let Err(e) = writer.send(&encode(&msg)).await {
                     if !last { lost(e.to_string()); }
                     return;
@@ -135,8 +137,12 @@ async fn node_control(
                 let _ = writer.send(&encode(&msg)).await;
             }
             r = reader.recv() => match r.map(decode::<Control>) {
-                Ok(Ok(Control::Shutdown)) => {
+                Ok(Ok(Control::Shutdown { error: None })) => {
                     let _ = sup.cast(SupervisorMsg::Shutdown);
+                    return;
+                }
+                Ok(Ok(Control::Shutdown { error: Some(e) })) => {
+                    let _ = sup.cast(SupervisorMsg::Stopped(format!("the head stopped the ring: {e}")));
                     return;
                 }
                 Ok(Ok(other)) => tracing::warn!("ignoring control message {other:?} from the head"),
@@ -255,6 +261,10 @@ impl Actor for NodeSupervisor {
         match msg {
             SupervisorMsg::Fatal(why) => st.end(&me, Err(why)),
             SupervisorMsg::Shutdown => st.end(&me, Ok(())),
+            SupervisorMsg::Stopped(why) => {
+                st.control_out.clear();
+                st.end(&me, Err(why));
+            }
         }
         Ok(())
     }
@@ -336,7 +346,7 @@ impl SupervisorState {
         }
         // Head: tell every node to stop. Other nodes: tell the head why we go down.
         let msg = match (&result, self.rank) {
-            (_, 0) => Some(Control::Shutdown),
+            (r, 0) => Some(Control::Shutdown { error: r.clone().err() }),
             (Err(e), _) => Some(Control::Error { message: e.clone() }),
             (Ok(()), _) => None,
         };

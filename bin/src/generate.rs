@@ -196,6 +196,6 @@ fn chat(g: &mut Generation<'_>, f: &GgufFile, a: &RunArgs, out: &mut impl Write)
         in_cache.extend_from_slice(&reply);
         // The last sampled token may not have been fed: keep exactly what the cache holds.
         in_cache.truncate(g.session.n_past());
-        messages.push(gguf::chat::ChatMessage::new("assistant", &g.tok.decode(&reply)));
+        messages.push(gguf::chat::ChatMessage::new("assistant", g.tok.decode(&reply)));
     }
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod generate;
+mod ring;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,111 @@ enum Command {
     Run(RunArgs),
     /// Print the token ids of a text as a JSON array.
     Tokenize(TokenizeArgs),
+    /// Run one device of a ring from its node.toml (rank 0, the head, takes the prompt).
+    Node(NodeArgs),
+    /// Try a ring on this machine: start N node processes on 127.0.0.1 and run a prompt.
+    Cluster(ClusterArgs),
+    /// Write a new random cluster key (the key_file every node of a ring shares).
+    Keygen {
+        /// Where to write the key (never overwritten).
+        file: PathBuf,
+    },
+}
+
+/// What the head of a ring does: one prompt, or chat.
+#[derive(Args, Debug, Clone)]
+pub struct HeadArgs {
+    /// Prompt text (head only); special tokens such as <|im_start|> are recognised.
+    #[arg(short = 'p', long)]
+    pub prompt: Option<String>,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    pub n_predict: usize,
+    /// Layers per node per cycle in rank order, e.g. "8,8,8,6" (head only; overrides
+    /// layer_window). Windows repeat for several cycles when they sum to fewer layers.
+    #[arg(long = "lw", alias = "layer-window")]
+    pub layer_window: Option<String>,
+    /// Chat mode: read user turns from stdin and apply the model's chat template.
+    #[arg(long = "cnv", alias = "conversation")]
+    pub conversation: bool,
+    /// System prompt for chat mode.
+    #[arg(long = "system", default_value = "")]
+    pub system: String,
+    /// Print per-hop timings of the decoded tokens.
+    #[arg(long)]
+    pub trace: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+impl HeadArgs {
+    /// The same options, for a child `prima node` process.
+    pub fn forward_args(&self) -> Vec<String> {
+        let s = &self.sampling;
+        let mut v = vec![
+            "-n".into(),
+            self.n_predict.to_string(),
+            "--temp".into(),
+            s.temperature.to_string(),
+            "--top-k".into(),
+            s.top_k.to_string(),
+            "--top-p".into(),
+            s.top_p.to_string(),
+            "--min-p".into(),
+            s.min_p.to_string(),
+            "--repeat-penalty".into(),
+            s.repeat_penalty.to_string(),
+            "--repeat-last-n".into(),
+            s.repeat_last_n.to_string(),
+            "--seed".into(),
+            s.seed.to_string(),
+            "--system".into(),
+            self.system.clone(),
+        ];
+        if let Some(p) = &self.prompt {
+            v.extend(["-p".into(), p.clone()]);
+        }
+        if let Some(lw) = &self.layer_window {
+            v.extend(["--lw".into(), lw.clone()]);
+        }
+        if self.conversation {
+            v.push("--cnv".into());
+        }
+        if self.trace {
+            v.push("--trace".into());
+        }
+        v
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// The node's config file (see examples/node0.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub head: HeadArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// Number of node processes to start on 127.0.0.1.
+    #[arg(long)]
+    pub local: u32,
+    /// Model file (GGUF).
+    #[arg(short = 'm', long)]
+    pub model: PathBuf,
+    /// Compute threads per node (default: cores / nodes).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Context size in tokens.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Hidden states on the wire: f32 (exact) or f16 (half the bytes).
+    #[arg(long, default_value = "f32")]
+    pub wire_dtype: String,
+    #[command(flatten)]
+    pub head: HeadArgs,
 }
 
 /// Sampling options shared by every command that generates.
@@ -99,11 +205,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PRIMA_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     let res = match cli.command {
         Command::Run(a) => generate::run(a),
         Command::Tokenize(a) => generate::tokenize(a),
+        Command::Node(a) => ring::node(a),
+        Command::Cluster(a) => {
+            if a.head.prompt.is_none() && !a.head.conversation {
+                eprintln!("error: give a prompt (-p) or chat mode (-cnv)");
+                return ExitCode::FAILURE;
+            }
+            ring::cluster(a)
+        }
+        Command::Keygen { file } => ring::keygen(file),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

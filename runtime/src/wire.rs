@@ -63,8 +63,10 @@ pub enum Control {
     Error {
         message: String,
     },
-    /// Head → node: stop cleanly.
-    Shutdown,
+    /// Head → node: stop; `error` says why when the ring failed (the node then exits with it).
+    Shutdown {
+        error: Option<String>,
+    },
 }
 
 /// One hop of a traced frame.
