@@ -9,6 +9,7 @@ pub mod batcher;
 pub mod cluster;
 pub mod compute;
 pub mod error;
+pub mod memstat;
 pub mod node;
 pub mod prefetch;
 pub mod ring;

@@ -157,7 +157,8 @@ fn report(s: &GenerationStats, trace: bool) {
                 per[i].4 += h.node_us as f64 / 1e3 / n;
             }
         }
-        let token_ms = if s.n_gen > 0 { s.gen_ms / s.n_gen as f64 } else { 0.0 };
+        // Each traced step is one decoded token after the first (which the prompt produced).
+        let token_ms = s.gen_ms / n;
         let busy: f64 = per.iter().map(|p| p.4).sum();
         for (rank, first, n_layers, compute, node) in &per {
             if *n_layers == 0 {

@@ -226,6 +226,46 @@ mod tests {
         }
     }
 
+    /// Writes the seed corpus of the `wire_frame` fuzz target (`fuzz/seeds/wire_frame/`).
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/wire_frame");
+        std::fs::create_dir_all(&dir).unwrap();
+        let fp = Fingerprint::of(b"header", 1234);
+        let frames: Vec<(&str, Vec<u8>)> = vec![
+            ("activations", encode(&Data::Activations(acts()))),
+            ("hello", encode(&Data::Hello { rank: 2 })),
+            (
+                "join",
+                encode(&Control::Join {
+                    rank: 1,
+                    fingerprint: fp,
+                    data_addr: "10.0.0.2:9701".into(),
+                    threads: 4,
+                    host: "pi".into(),
+                }),
+            ),
+            (
+                "plan",
+                encode(&Control::Plan {
+                    windows: vec![(0, 4), (12, 16)],
+                    prev: 2,
+                    next: 1,
+                    next_addr: "10.0.0.3:9701".into(),
+                    wire_f16: true,
+                    n_ctx: 4096,
+                    ring: vec![0, 1, 2],
+                }),
+            ),
+            ("shutdown", encode(&Control::Shutdown { error: Some("node 2 lost".into()) })),
+            ("heartbeat", encode(&Control::Heartbeat)),
+        ];
+        for (name, bytes) in frames {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+
     #[test]
     fn hidden_states_pack_both_ways() {
         let x = [1.0f32, -0.5, 1e-3, 65504.0];
