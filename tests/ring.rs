@@ -56,11 +56,15 @@ fn request(prompt: &[u32], n_predict: usize) -> GenerateRequest {
 }
 
 async fn ring_output(nodes: u32, windows: Option<Vec<usize>>, prompt: &[u32]) -> Vec<u32> {
+    ring_output_n(nodes, windows, prompt, N_PREDICT).await
+}
+
+async fn ring_output_n(nodes: u32, windows: Option<Vec<usize>>, prompt: &[u32], n_predict: usize) -> Vec<u32> {
     let mut opts = LocalCluster::new(model_path(), nodes);
     opts.layer_window = windows.clone();
     opts.n_ctx = 1024;
     let cluster = Cluster::local(opts).await.unwrap_or_else(|e| panic!("{nodes} nodes {windows:?}: {e}"));
-    let (tokens, stats) = cluster.head.generate_all(request(prompt, N_PREDICT)).await.unwrap();
+    let (tokens, stats) = cluster.head.generate_all(request(prompt, n_predict)).await.unwrap();
     // Every decoded token went round the whole ring: the hops cover every layer once.
     for hops in &stats.hops {
         let layers: u32 = hops.iter().map(|h| h.n_layers).sum();
@@ -140,4 +144,13 @@ async fn losing_a_node_fails_the_request_with_its_name() {
     assert!(err.contains("node 2"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
     assert!(cluster.head.wait().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prompt_longer_than_a_prefill_chunk_is_pipelined_and_still_matches() {
+    let text = "The quick brown fox jumps over the lazy dog while the cat watches from the fence. ".repeat(18);
+    let p = prompt(&text);
+    assert!(p.len() > prima::compute::session::PREFILL_CHUNK, "{} tokens", p.len());
+    let want = single_device(&p, 3);
+    assert_eq!(ring_output_n(2, Some(vec![15, 15]), &p, 3).await, want);
 }
