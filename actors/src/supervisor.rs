@@ -306,6 +306,9 @@ impl Actor for NodeSupervisor {
         _me: ActorRef<SupervisorMsg>,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(m) = crate::memstat::MemStat::now() {
+            tracing::info!("node {}: {}", st.rank, m.summary());
+        }
         for t in &st.tasks {
             t.abort();
         }
