@@ -1,6 +1,7 @@
 //! The `prima` command line: argument parsing, logging set-up and dispatch to the subcommands.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod generate;
 mod ring;
 
@@ -28,6 +29,8 @@ enum Command {
     Node(NodeArgs),
     /// Try a ring on this machine: start N node processes on 127.0.0.1 and run a prompt.
     Cluster(ClusterArgs),
+    /// Measure prompt processing (ppN) and decode (tgN) speed, llama-bench style.
+    Bench(BenchArgs),
     /// Write a new random cluster key (the key_file every node of a ring shares).
     Keygen {
         /// Where to write the key (never overwritten).
@@ -99,6 +102,28 @@ impl HeadArgs {
         }
         v
     }
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model file (GGUF).
+    #[arg(short = 'm', long)]
+    pub model: PathBuf,
+    /// Prompt tokens of the pp test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    pub n_prompt: usize,
+    /// Generated tokens of the tg test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
+    pub n_gen: usize,
+    /// Thread counts, comma-separated (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<String>,
+    /// Timed repetitions per test (after one warm-up).
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub reps: usize,
+    /// One JSON object per test on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -220,6 +245,7 @@ fn main() -> ExitCode {
             ring::cluster(a)
         }
         Command::Keygen { file } => ring::keygen(file),
+        Command::Bench(a) => bench::bench(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
