@@ -73,7 +73,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let n_vocab = model.n_vocab as u32;
     let mut results = Vec::new();
     for &t in &threads {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().context("cannot start the compute threads")?;
+        let pool =
+            rayon::ThreadPoolBuilder::new().num_threads(t).build().context("cannot start the compute threads")?;
         let mut run = |n_prompt: usize, n_gen: usize| -> Result<f64> {
             let tokens: Vec<u32> = (0..n_prompt.max(n_gen)).map(|_| rng.gen_range(0..n_vocab)).collect();
             pool.install(|| -> Result<f64> {

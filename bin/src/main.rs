@@ -4,6 +4,7 @@
 mod bench;
 mod generate;
 mod ring;
+mod synth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Command {
     Cluster(ClusterArgs),
     /// Measure prompt processing (ppN) and decode (tgN) speed, llama-bench style.
     Bench(BenchArgs),
+    /// Write a random-weight model at a real architecture's shapes (for speed and memory work).
+    Synth(SynthArgs),
     /// Write a new random cluster key (the key_file every node of a ring shares).
     Keygen {
         /// Where to write the key (never overwritten).
@@ -102,6 +105,25 @@ impl HeadArgs {
         }
         v
     }
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// Architecture and size: llama2-7b, llama3-8b, llama3-70b, qwen2.5-7b, qwen2.5-14b, qwen2.5-32b, qwen2.5-72b.
+    #[arg(long)]
+    pub shape: String,
+    /// Weight types: q8_0, q4_0, q4_1, q5_0, q4_k, q6_k or q4_k_m (llama.cpp's mix).
+    #[arg(long = "type", default_value = "q4_k_m")]
+    pub r#type: String,
+    /// GGUF whose tokenizer is copied (padded with unused tokens up to the shape's vocabulary).
+    #[arg(long = "vocab-from")]
+    pub vocab_from: PathBuf,
+    /// Output file.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -246,6 +268,7 @@ fn main() -> ExitCode {
         }
         Command::Keygen { file } => ring::keygen(file),
         Command::Bench(a) => bench::bench(a),
+        Command::Synth(a) => synth::synth(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

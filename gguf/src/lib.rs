@@ -20,4 +20,4 @@ pub use reader::{parse_header, Header, TensorInfo};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 pub use types::GgmlType;
 pub use value::{Metadata, Value};
-pub use writer::{write_gguf, TensorToWrite};
+pub use writer::{write_gguf, write_gguf_streaming, TensorDesc, TensorToWrite};

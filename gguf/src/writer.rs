@@ -66,8 +66,77 @@ fn put_value(w: &mut impl Write, v: &Value) -> io::Result<()> {
     }
 }
 
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A tensor's directory entry, for [`write_gguf_streaming`].
+pub struct TensorDesc {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ggml_type: GgmlType,
+}
+
+impl TensorDesc {
+    /// Bytes of data the tensor takes (`None` if the row length is not a whole number of blocks).
+    pub fn n_bytes(&self) -> Option<u64> {
+        let row = *self.dims.first()?;
+        let rows: u64 = self.dims[1..].iter().product();
+        Some(self.ggml_type.row_bytes(row)? * rows)
+    }
+}
+
 /// Writes a complete GGUF v3 file. Tensor data is aligned to `general.alignment` (default 32).
 pub fn write_gguf(w: &mut impl Write, metadata: &Metadata, tensors: &[TensorToWrite<'_>]) -> io::Result<()> {
+    let descs: Vec<TensorDesc> = tensors
+        .iter()
+        .map(|t| TensorDesc { name: t.name.clone(), dims: t.dims.clone(), ggml_type: t.ggml_type })
+        .collect();
+    let sizes: Vec<u64> = tensors.iter().map(|t| t.data.len() as u64).collect();
+    write_with_sizes(w, metadata, &descs, &sizes, &mut |i, w| w.write_all(tensors[i].data))
+}
+
+/// Writes a GGUF v3 file whose tensor data is produced on the fly: `fill(i, w)` writes exactly
+/// `descs[i].n_bytes()` bytes of tensor `i`, so a model larger than memory can be written.
+pub fn write_gguf_streaming<W: Write>(
+    w: &mut W,
+    metadata: &Metadata,
+    descs: &[TensorDesc],
+    fill: &mut dyn FnMut(usize, &mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let sizes = descs
+        .iter()
+        .map(|d| {
+            d.n_bytes().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: row length is not a whole number of blocks", d.name),
+                )
+            })
+        })
+        .collect::<io::Result<Vec<u64>>>()?;
+    write_with_sizes(w, metadata, descs, &sizes, fill)
+}
+
+fn write_with_sizes<W: Write>(
+    w: &mut W,
+    metadata: &Metadata,
+    tensors: &[TensorDesc],
+    sizes: &[u64],
+    fill: &mut dyn FnMut(usize, &mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(DEFAULT_ALIGNMENT);
     let mut head = Vec::new();
     head.extend_from_slice(b"GGUF");
@@ -81,7 +150,7 @@ pub fn write_gguf(w: &mut impl Write, metadata: &Metadata, tensors: &[TensorToWr
     }
     let mut offset = 0u64;
     let mut offsets = Vec::with_capacity(tensors.len());
-    for t in tensors {
+    for (t, &size) in tensors.iter().zip(sizes) {
         put_str(&mut head, &t.name)?;
         head.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
         for d in &t.dims {
@@ -90,17 +159,24 @@ pub fn write_gguf(w: &mut impl Write, metadata: &Metadata, tensors: &[TensorToWr
         head.extend_from_slice(&t.ggml_type.id().to_le_bytes());
         head.extend_from_slice(&offset.to_le_bytes());
         offsets.push(offset);
-        offset = (offset + t.data.len() as u64).next_multiple_of(alignment);
+        offset = (offset + size).next_multiple_of(alignment);
     }
     let pad = (head.len() as u64).next_multiple_of(alignment) - head.len() as u64;
     head.resize(head.len() + pad as usize, 0);
     w.write_all(&head)?;
     let mut written = 0u64;
-    for (t, off) in tensors.iter().zip(offsets) {
+    for (i, (&off, &size)) in offsets.iter().zip(sizes).enumerate() {
         let gap = off - written;
         w.write_all(&vec![0u8; gap as usize])?;
-        w.write_all(t.data)?;
-        written = off + t.data.len() as u64;
+        let mut counted = Counting { inner: &mut *w, n: 0 };
+        fill(i, &mut counted)?;
+        if counted.n != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("tensor {}: {} bytes written, {size} expected", tensors[i].name, counted.n),
+            ));
+        }
+        written = off + size;
     }
     let tail = written.next_multiple_of(alignment) - written;
     w.write_all(&vec![0u8; tail as usize])?;
