@@ -54,14 +54,12 @@ pub enum Event {
 }
 
 pub enum BatcherMsg {
-    Generate(GenerateRequest, UnboundedSender<Event>),
+    /// A request with its task id (unique per node, chosen by `Node::generate`).
+    Generate(u64, GenerateRequest, UnboundedSender<Event>),
+    /// Stop a queued or running request; its stream ends with `Error("cancelled")`.
+    Cancel(u64),
     /// A step came back round the ring.
-    Back {
-        request: u64,
-        step: u32,
-        logits: Option<Vec<f32>>,
-        trace: Option<Vec<Hop>>,
-    },
+    Back { request: u64, step: u32, logits: Option<Vec<f32>>, trace: Option<Vec<Hop>> },
     /// The ring is broken: fail the request in flight and every later one with this message.
     Fail(String),
 }
@@ -81,11 +79,10 @@ pub struct BatcherState {
     compute: ActorRef<ComputeMsg>,
     tok: Arc<Tokenizer>,
     n_ctx: usize,
-    queue: VecDeque<(GenerateRequest, UnboundedSender<Event>)>,
+    queue: VecDeque<(u64, GenerateRequest, UnboundedSender<Event>)>,
     active: Option<Active>,
     /// Tokens whose KV is in the caches, from position 0.
     fed: Vec<u32>,
-    next_id: u64,
     failed: Option<String>,
 }
 
@@ -100,7 +97,7 @@ pub struct BatcherArgs {
 impl BatcherState {
     fn start_next(&mut self) -> Result<(), String> {
         while self.active.is_none() {
-            let Some((req, tx)) = self.queue.pop_front() else { return Ok(()) };
+            let Some((id, req, tx)) = self.queue.pop_front() else { return Ok(()) };
             if let Some(f) = &self.failed {
                 let _ = tx.send(Event::Error(f.clone()));
                 continue;
@@ -127,8 +124,6 @@ impl BatcherState {
             for &t in &req.prompt {
                 sampler.accept(t);
             }
-            self.next_id += 1;
-            let id = self.next_id;
             let new = &req.prompt[keep..];
             let n_chunks = new.len().div_ceil(PREFILL_CHUNK);
             for (k, chunk) in new.chunks(PREFILL_CHUNK).enumerate() {
@@ -218,7 +213,6 @@ impl Actor for Batcher {
             queue: VecDeque::new(),
             active: None,
             fed: Vec::new(),
-            next_id: 0,
             failed: None,
         })
     }
@@ -230,16 +224,30 @@ impl Actor for Batcher {
         st: &mut BatcherState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            BatcherMsg::Generate(req, tx) => {
-                st.queue.push_back((req, tx));
+            BatcherMsg::Generate(id, req, tx) => {
+                st.queue.push_back((id, req, tx));
                 st.start_next()?;
+            }
+            BatcherMsg::Cancel(id) => {
+                if let Some(i) = st.queue.iter().position(|(q, _, _)| *q == id) {
+                    if let Some((_, _, tx)) = st.queue.remove(i) {
+                        let _ = tx.send(Event::Error("cancelled".into()));
+                    }
+                } else if st.active.as_ref().is_some_and(|a| a.id == id) {
+                    if let Some(a) = st.active.take() {
+                        let _ = a.tx.send(Event::Error("cancelled".into()));
+                    }
+                    // Steps of the cancelled request still in the ring are ignored when they
+                    // come back; the KV positions they wrote are overwritten by the next one.
+                    st.start_next()?;
+                }
             }
             BatcherMsg::Back { request, step: _, logits, trace } => st.back(request, logits, trace)?,
             BatcherMsg::Fail(msg) => {
                 if let Some(a) = st.active.take() {
                     let _ = a.tx.send(Event::Error(msg.clone()));
                 }
-                for (_, tx) in st.queue.drain(..) {
+                for (_, _, tx) in st.queue.drain(..) {
                     let _ = tx.send(Event::Error(msg.clone()));
                 }
                 st.failed = Some(msg);

@@ -5,6 +5,7 @@
 //! `runtime` or this crate (`PageManager`, `Shard`, `ComputeState::run`): the cores are
 //! tested without actors, the actors route messages, own state and handle failure.
 
+pub mod api;
 pub mod batcher;
 pub mod cluster;
 pub mod compute;

@@ -36,6 +36,8 @@ pub struct Node {
     tokenizer: Option<Arc<Tokenizer>>,
     chat_template: Option<String>,
     outcome: watch::Receiver<Outcome>,
+    next_task: std::sync::atomic::AtomicU64,
+    n_ctx: usize,
     plan: Option<Plan>,
     windows: Vec<Range<usize>>,
 }
@@ -157,13 +159,39 @@ impl Node {
     /// Starts a request (head only); its tokens stream on the returned channel, ending with
     /// `Done` or `Error`.
     pub fn generate(&self, req: GenerateRequest) -> Result<mpsc::UnboundedReceiver<Event>> {
+        self.submit(req).map(|(_, rx)| rx)
+    }
+
+    /// As [`Node::generate`], also returning the request's task id (for [`Node::cancel`]).
+    pub fn submit(&self, req: GenerateRequest) -> Result<(u64, mpsc::UnboundedReceiver<Event>)> {
         let b = self.batcher.as_ref().ok_or_else(|| NodeError::Protocol("only the head takes requests".into()))?;
-        if let Some(Err(e)) = self.outcome.borrow().clone() {
+        if let Some(e) = self.failure() {
             return Err(NodeError::Lost(e));
         }
+        let id = self.next_task.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        b.cast(BatcherMsg::Generate(req, tx)).map_err(|_| NodeError::ShuttingDown)?;
-        Ok(rx)
+        b.cast(BatcherMsg::Generate(id, req, tx)).map_err(|_| NodeError::ShuttingDown)?;
+        Ok((id, rx))
+    }
+
+    /// Stops a queued or running request (its stream ends with `Event::Error("cancelled")`).
+    pub fn cancel(&self, task_id: u64) {
+        if let Some(b) = &self.batcher {
+            let _ = b.cast(BatcherMsg::Cancel(task_id));
+        }
+    }
+
+    /// Why the node failed, once it has.
+    pub fn failure(&self) -> Option<String> {
+        match self.outcome.borrow().clone() {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The context length of the ring's KV caches.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
     }
 
     /// Waits until the node ends: `Ok` after a clean shutdown.
@@ -429,6 +457,8 @@ async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> 
             tokenizer: None,
             chat_template: None,
             outcome,
+            next_task: 1.into(),
+            n_ctx: 0,
             plan: None,
             windows,
         });
@@ -503,5 +533,17 @@ async fn start(
     } else {
         None
     };
-    Ok(Node { rank, sup: Some(sup), sup_task: Some(task), batcher, tokenizer, chat_template, outcome, plan, windows })
+    Ok(Node {
+        rank,
+        sup: Some(sup),
+        sup_task: Some(task),
+        batcher,
+        tokenizer,
+        chat_template,
+        outcome,
+        next_task: 1.into(),
+        n_ctx: cfg.n_ctx,
+        plan,
+        windows,
+    })
 }

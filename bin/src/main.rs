@@ -30,6 +30,8 @@ enum Command {
     Node(NodeArgs),
     /// Try a ring on this machine: start N node processes on 127.0.0.1 and run a prompt.
     Cluster(ClusterArgs),
+    /// Serve an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, …) on this device.
+    Serve(ServeArgs),
     /// Measure prompt processing (ppN) and decode (tgN) speed, llama-bench style.
     Bench(BenchArgs),
     /// Write a random-weight model at a real architecture's shapes (for speed and memory work).
@@ -107,6 +109,38 @@ impl HeadArgs {
     }
 }
 
+/// HTTP options of the OpenAI-compatible server.
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* and /metrics.
+    #[arg(long = "api-key")]
+    pub api_key: Option<String>,
+    /// Requests accepted at once (running + queued); more get HTTP 429.
+    #[arg(long = "max-queue", default_value_t = 64)]
+    pub max_queue: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Model file (GGUF).
+    #[arg(short = 'm', long)]
+    pub model: PathBuf,
+    /// Compute threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Context size in tokens.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    pub ctx_size: usize,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
 #[derive(Args, Debug)]
 pub struct SynthArgs {
     /// Architecture and size: llama2-7b, llama3-8b, llama3-70b, qwen2.5-7b, qwen2.5-14b, qwen2.5-32b, qwen2.5-72b.
@@ -153,6 +187,11 @@ pub struct NodeArgs {
     /// The node's config file (see examples/node0.toml).
     #[arg(long)]
     pub config: PathBuf,
+    /// Head: serve the OpenAI-compatible API instead of running a prompt.
+    #[arg(long)]
+    pub serve: bool,
+    #[command(flatten)]
+    pub http: HttpArgs,
     #[command(flatten)]
     pub head: HeadArgs,
 }
@@ -268,6 +307,7 @@ fn main() -> ExitCode {
         }
         Command::Keygen { file } => ring::keygen(file),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => ring::serve(a),
         Command::Synth(a) => synth::synth(a),
     };
     match res {

@@ -12,7 +12,7 @@ use runtime::auth::ClusterKey;
 use runtime::plan::parse_windows;
 use runtime::NodeConfig;
 
-use crate::{ClusterArgs, HeadArgs, NodeArgs};
+use crate::{ClusterArgs, HeadArgs, HttpArgs, NodeArgs, ServeArgs};
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
@@ -31,8 +31,8 @@ pub fn node(a: NodeArgs) -> Result<()> {
         cfg.layer_window = Some(parse_windows(lw).map_err(anyhow::Error::msg)?);
         cfg.validate().map_err(anyhow::Error::msg).context("-lw")?;
     }
-    if cfg.is_head() && a.head.prompt.is_none() && !a.head.conversation {
-        bail!("the head (rank 0) needs a prompt (-p) or chat mode (-cnv)");
+    if cfg.is_head() && a.head.prompt.is_none() && !a.head.conversation && !a.serve {
+        bail!("the head (rank 0) needs a prompt (-p), chat mode (-cnv) or --serve");
     }
     let rt = tokio_runtime()?;
     rt.block_on(async move {
@@ -44,6 +44,10 @@ pub fn node(a: NodeArgs) -> Result<()> {
             }
             return node.wait().await.context("node stopped with an error");
         }
+        if a.serve {
+            let name = cfg.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            return serve_node(node, &a.http, name).await;
+        }
         let result = head_session(&node, &a.head).await;
         match result {
             Ok(()) => node.shutdown().await.context("shutting the ring down"),
@@ -54,6 +58,41 @@ pub fn node(a: NodeArgs) -> Result<()> {
             }
         }
     })
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let mut cfg = NodeConfig::new(0, a.model.clone(), "127.0.0.1:0");
+    cfg.listen = "127.0.0.1:0".into();
+    cfg.threads = a.threads;
+    cfg.n_ctx = a.ctx_size;
+    let name = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    tokio_runtime()?.block_on(async move {
+        let node = Node::spawn(cfg).await.context("cannot start")?;
+        serve_node(node, &a.http, name).await
+    })
+}
+
+/// Serves the API on a head until Ctrl-C or until the ring fails.
+async fn serve_node(node: Node, http: &HttpArgs, model_name: String) -> Result<()> {
+    let node = std::sync::Arc::new(node);
+    let cfg = actors::api::ApiConfig {
+        addr: format!("{}:{}", http.host, http.port),
+        api_key: http.api_key.clone(),
+        max_queue: http.max_queue.max(1),
+        model_name,
+    };
+    eprintln!("serving {} on http://{}/v1 (Ctrl-C stops)", cfg.model_name, cfg.addr);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let served = actors::api::serve(node.clone(), cfg, shutdown).await;
+    let node = std::sync::Arc::try_unwrap(node).map_err(|_| anyhow::anyhow!("requests still running at shutdown"))?;
+    let stopped = tokio::time::timeout(Duration::from_secs(5), node.shutdown()).await;
+    served.map_err(anyhow::Error::msg)?;
+    match stopped {
+        Ok(r) => r.context("shutting the ring down"),
+        Err(_) => bail!("the ring did not stop within 5 s"),
+    }
 }
 
 /// Runs the head's prompt, or the chat loop.
