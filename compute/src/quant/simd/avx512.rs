@@ -1,0 +1,130 @@
+//! AVX-512 (F/BW/VL + VNNI) kernels: the AVX2 kernels with `vpdpbusd`, which multiplies
+//! unsigned by signed bytes and adds each group of four into an i32 lane in one instruction.
+//! Those groups of four are exactly the reference's integer lanes, so the float work, and the
+//! result bits, are the same as in `avx2` and the scalar reference.
+//!
+//! Types where VNNI does not pay (or no test model uses them yet) reuse the AVX2 kernels: every
+//! CPU with this set also has AVX2, FMA and F16C (`Isa::is_supported`).
+
+use std::arch::x86_64::*;
+
+use super::avx2::{
+    f16_at, hsum8, hsum_i32, hsum_i32_x4, iq1_s_sub_block, load16, load32, load32_i8, nibbles, sub, sub_i8,
+};
+use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use crate::quant::tables::KVALUES_IQ4NL;
+
+pub use super::avx2::{
+    quantize_q8_0, quantize_q8_1, quantize_q8_k, vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0,
+    vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k,
+};
+
+/// `IQ1S_DELTA` of the reference kernel.
+const IQ1S_DELTA: f32 = 0.125;
+
+/// Lane `l` (i32) = Σ u[k]·s[k] over bytes `k` in `4l..4l+4` (no intermediate saturation).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dot4(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0.0f32;
+    for (blk, y) in w.chunks_exact(20).zip(a) {
+        let d = f16_at(blk, 0);
+        let m = f16_at(blk, 2);
+        summs = m.mul_add(y.s, summs);
+        let lanes = dot4(nibbles(sub(blk, 4)), load32_i8(&y.qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc);
+    }
+    hsum8(acc) + summs
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (blk, y) in w.chunks_exact(34).zip(a) {
+        let d = f16_at(blk, 0);
+        let x = load32(sub(blk, 2));
+        let lanes = dot4(_mm256_abs_epi8(x), _mm256_sign_epi8(load32_i8(&y.qs), x));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc);
+    }
+    hsum8(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_block_lanes(blk: &[u8], y: &BlockQ8_0, table: __m256i) -> __m256i {
+    let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
+    dot4(_mm256_abs_epi8(v), _mm256_sign_epi8(load32_i8(&y.qs), v))
+}
+
+/// As `avx2::nibble_blocks_dot`: exact block sums, fused one block at a time in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
+    let table = _mm256_broadcastsi128_si256(table);
+    let n = (w.len() / 18).min(a.len());
+    let (w, a) = (&w[..n * 18], &a[..n]);
+    let mut acc = 0.0f32;
+    let mut w4 = w.chunks_exact(72);
+    let mut a4 = a.chunks_exact(4);
+    for (w4, a4) in w4.by_ref().zip(a4.by_ref()) {
+        let l = |i: usize| nibble_block_lanes(&w4[18 * i..18 * i + 18], &a4[i], table);
+        let s = hsum_i32_x4(l(0), l(1), l(2), l(3));
+        for (i, (&s, y)) in s.iter().zip(a4).enumerate() {
+            acc = (s as f32).mul_add(f16_at(w4, 18 * i) * y.d, acc);
+        }
+    }
+    for (blk, y) in w4.remainder().chunks_exact(18).zip(a4.remainder()) {
+        let s = hsum_i32(nibble_block_lanes(blk, y, table));
+        acc = (s as f32).mul_add(f16_at(blk, 0) * y.d, acc);
+    }
+    acc
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    nibble_blocks_dot(w, a, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let table = KVALUES_IQ4NL.map(|v| v as u8);
+    nibble_blocks_dot(w, a, load16(&table))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut acc1 = 0.0f32;
+    for (blk, y) in w.chunks_exact(50).zip(a) {
+        let mut lanes = _mm256_setzero_si256();
+        let mut sumi1 = 0i32;
+        for ib in 0..8 {
+            let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+            // Grid values are -1, 0 or 1: `sign` is the exact product, and the sub-block scale
+            // (odd, ≤ 15) is the unsigned operand.
+            let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
+            lanes = _mm256_dpbusd_epi32(lanes, _mm256_set1_epi8(ls as i8), prod);
+            sumi1 += ls * delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);
+        }
+        let d = y.d * f16_at(blk, 0);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
+        acc1 = d.mul_add(sumi1 as f32, acc1);
+    }
+    IQ1S_DELTA.mul_add(acc1, hsum8(acc))
+}
