@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use compute::ops;
 use compute::quant::activation::{quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use compute::quant::dot;
 use compute::quant::simd::{Isa, Kernels};
@@ -313,6 +314,80 @@ fn dots_match_scalar_on_model_rows() {
         }
         eprintln!("{}: {n_rows_checked} rows checked", p.display());
         assert!(n_rows_checked > 0, "no matrices of a kernel type in {}", p.display());
+    }
+}
+
+/// Equal bits, or both NaN (NaN payloads are not part of the contract).
+fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+fn random_f16s(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f16> {
+    (0..n).map(|_| f16::from_f32(rng.gen_range(-1.0f32..1.0) * scale)).collect()
+}
+
+#[test]
+fn attention_kernels_match_scalar() {
+    // Goal: the f16 dot product and the f16 accumulator updates of attention are bit-identical;
+    // method: random vectors of every length up to 300 (whole 64-groups and tails).
+    for k in simd_paths() {
+        let name = k.isa().name();
+        let mut rng = StdRng::seed_from_u64(5);
+        for n in 0..300 {
+            for _ in 0..4 {
+                let scale = rng.gen_range(-6.0f32..8.0).exp2();
+                let keys = random_f16s(&mut rng, n, scale);
+                let q: Vec<f32> = random_f16s(&mut rng, n, 4.0).iter().map(|v| v.to_f32()).collect();
+                let (want, got) = (ops::dot_f16_f32(&keys, &q), k.dot_f16_f32(&keys, &q));
+                assert!(same(got, want), "{name} dot_f16_f32 n={n}: {got:e} vs scalar {want:e}");
+
+                let v = random_f16s(&mut rng, n, scale);
+                let acc0 = random_f16s(&mut rng, n, 2.0);
+                let s = rng.gen_range(0.0f32..1.0);
+                let (mut want, mut got) = (acc0.clone(), acc0.clone());
+                ops::f16_axpy_ref(&mut want, &v, s);
+                k.f16_axpy(&mut got, &v, s);
+                assert!(want.iter().zip(&got).all(|(a, b)| same(a.to_f32(), b.to_f32())), "{name} f16_axpy n={n}");
+                ops::f16_scale_ref(&mut want, s);
+                k.f16_scale(&mut got, s);
+                assert!(want.iter().zip(&got).all(|(a, b)| same(a.to_f32(), b.to_f32())), "{name} f16_scale n={n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn swiglu_matches_scalar() {
+    // Goal: SwiGLU with ggml's vector exponential is bit-identical, including overflow,
+    // underflow to subnormals and zero, and the libm tail; method: random and extreme rows.
+    for k in simd_paths() {
+        let name = k.isa().name();
+        let mut rng = StdRng::seed_from_u64(11);
+        for n in 0..200 {
+            let scale = rng.gen_range(-4.0f32..8.0).exp2();
+            let mut gate: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0) * scale).collect();
+            let up: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+            if n > 20 {
+                gate[..12].copy_from_slice(&[
+                    0.0, -0.0, 88.0, -88.0, 103.0, -103.0, 130.0, -130.0, 200.0, -200.0, 1e-30, -87.3,
+                ]);
+            }
+            let mut want = gate.clone();
+            ops::swiglu_ref(&mut want, &up);
+            k.swiglu(&mut gate, &up);
+            for (i, (a, b)) in want.iter().zip(&gate).enumerate() {
+                assert!(same(*b, *a), "{name} swiglu n={n} [{i}]: {b:e} vs scalar {a:e}");
+            }
+        }
+        // Every exponent the polynomial can see, around the range-reduction boundaries.
+        let mut gate: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.0625 + 0.01).collect();
+        let up = vec![1.0f32; gate.len()];
+        let mut want = gate.clone();
+        ops::swiglu_ref(&mut want, &up);
+        k.swiglu(&mut gate, &up);
+        for (a, b) in want.iter().zip(&gate) {
+            assert!(same(*b, *a), "{name} swiglu sweep: {b:e} vs scalar {a:e}");
+        }
     }
 }
 

@@ -570,3 +570,141 @@ pub unsafe fn quantize_q8_k(x: &[f32], out: &mut Vec<BlockQ8K>) {
         out.push(b);
     }
 }
+
+/// Eight f16 from `x[at..at + 8]`, as raw bits.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load8_f16(x: &[f16], at: usize) -> __m128i {
+    let x: &[f16; 8] = x[at..at + 8].try_into().expect("eight halves");
+    // SAFETY: reads the 16 bytes of `x` (`f16` is a transparent `u16`); no alignment needed.
+    unsafe { _mm_loadu_si128(x.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store8_f16(out: &mut [f16], at: usize, v: __m128i) {
+    let out: &mut [f16; 8] = (&mut out[at..at + 8]).try_into().expect("eight halves");
+    // SAFETY: writes the 16 bytes of `out`, and any bit pattern is a valid `f16`.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), v) }
+}
+
+/// `ops::dot_f16_f32`: ggml's 4 × 16-lane accumulators, here as eight 8-lane halves
+/// (`acc[2j + h]` holds lanes `8h..8h + 8` of accumulator `j`), reduced in the same tree.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16_f32(k: &[f16], q: &[f32]) -> f32 {
+    let np = k.len() / 64 * 64;
+    let mut sum = 0.0f64;
+    if np > 0 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (kc, qc) in k[..np].chunks_exact(64).zip(q[..np].chunks_exact(64)) {
+            for (i, a) in acc.iter_mut().enumerate() {
+                let kv = _mm256_cvtph_ps(load8_f16(kc, 8 * i));
+                *a = _mm256_fmadd_ps(kv, load8_f32(&qc[8 * i..8 * i + 8]), *a);
+            }
+        }
+        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+        let h8 = _mm256_add_ps(hi, lo);
+        let h4 = _mm_add_ps(_mm256_extractf128_ps(h8, 1), _mm256_castps256_ps128(h8));
+        let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+        sum = _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2))) as f64;
+    }
+    for (kv, qv) in k[np..].iter().zip(&q[np..]) {
+        sum += (kv.to_f32() * qv) as f64;
+    }
+    sum as f32
+}
+
+/// `acc[i] = f16(v[i]·s + acc[i])`, fused (`ops::f16_axpy_ref`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_axpy(acc: &mut [f16], v: &[f16], s: f32) {
+    let n = acc.len().min(v.len()) / 8 * 8;
+    let sv = _mm256_set1_ps(s);
+    for i in (0..n).step_by(8) {
+        let r = _mm256_fmadd_ps(_mm256_cvtph_ps(load8_f16(v, i)), sv, _mm256_cvtph_ps(load8_f16(acc, i)));
+        store8_f16(acc, i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(r));
+    }
+    for (a, x) in acc[n..].iter_mut().zip(&v[n..]) {
+        *a = f16::from_f32(x.to_f32().mul_add(s, a.to_f32()));
+    }
+}
+
+/// `acc[i] = f16(acc[i]·s)` (`ops::f16_scale_ref`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_scale(acc: &mut [f16], s: f32) {
+    let n = acc.len() / 8 * 8;
+    let sv = _mm256_set1_ps(s);
+    for i in (0..n).step_by(8) {
+        let r = _mm256_mul_ps(_mm256_cvtph_ps(load8_f16(acc, i)), sv);
+        store8_f16(acc, i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(r));
+    }
+    for a in acc[n..].iter_mut() {
+        *a = f16::from_f32(a.to_f32() * s);
+    }
+}
+
+/// `ops::expf_ggml` on eight lanes: the same fused multiply-adds, and `j · 2ⁿ` rounded once
+/// through f64 exactly as the reference does it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn expf_ggml_x8(x: __m256) -> __m256 {
+    let c = |b: u32| _mm256_set1_ps(f32::from_bits(b));
+    let r = c(0x4b40_0000);
+    let n = _mm256_sub_ps(_mm256_fmadd_ps(x, c(0x3fb8_aa3b), r), r);
+    let neg_n = _mm256_xor_ps(n, _mm256_set1_ps(-0.0));
+    let b = _mm256_fmadd_ps(neg_n, c(0x35bf_be8e), _mm256_fmadd_ps(neg_n, c(0x3f31_7200), x));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm256_fmadd_ps(c(0x3f7f_fff6), b, _mm256_set1_ps(1.0)),
+    );
+    // 2ⁿ as f64 bits; lanes with |n| > 192 are replaced below, NaN lanes stay NaN through `j`.
+    let ni = _mm256_cvtps_epi32(n);
+    let pow2 = |i: __m128i| {
+        _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(i), _mm256_set1_epi64x(1023)), 52))
+    };
+    let lo = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(j)), pow2(_mm256_castsi256_si128(ni)));
+    let hi = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(j, 1)), pow2(_mm256_extracti128_si256(ni, 1)));
+    let res = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    let big = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+    let low = _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps());
+    let special = _mm256_blendv_ps(_mm256_set1_ps(f32::INFINITY), _mm256_setzero_ps(), low);
+    _mm256_blendv_ps(res, special, big)
+}
+
+/// `ops::swiglu_ref`: ggml's vector exponential for whole groups of 16, libm's for the tail.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n16 = gate.len().min(up.len()) / 16 * 16;
+    let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
+    for (g, u) in gate[..n16].chunks_exact_mut(8).zip(up[..n16].chunks_exact(8)) {
+        let x = load8_f32(g);
+        let e = expf_ggml_x8(_mm256_xor_ps(x, sign));
+        let r = _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), load8_f32(u));
+        let g: &mut [f32; 8] = g.try_into().expect("eight floats");
+        // SAFETY: writes the 8 floats of `g`; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_ps(g.as_mut_ptr(), r) }
+    }
+    for (g, &u) in gate[n16..].iter_mut().zip(&up[n16..]) {
+        let x = *g;
+        *g = (x / (1.0 + (-x).exp())) * u;
+    }
+}

@@ -18,8 +18,11 @@ mod avx512;
 
 use std::sync::OnceLock;
 
+use half::f16;
+
 use super::activation::{self, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::dot;
+use crate::ops;
 
 /// An instruction set with its own kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -200,5 +203,28 @@ impl Kernels {
 
     pub fn quantize_q8_k(self, x: &[f32], out: &mut Vec<BlockQ8K>) {
         dispatch!(self, quantize_q8_k, activation::quantize_q8_k, (x, out))
+    }
+
+    /// `ops::dot_f16_f32` (`k` and `q` of equal length).
+    pub fn dot_f16_f32(self, k: &[f16], q: &[f32]) -> f32 {
+        assert_eq!(k.len(), q.len(), "dot product of unequal lengths");
+        dispatch!(self, dot_f16_f32, ops::dot_f16_f32, (k, q))
+    }
+
+    /// `ops::f16_axpy_ref`: `acc[i] = f16(v[i]·s + acc[i])`, fused.
+    pub fn f16_axpy(self, acc: &mut [f16], v: &[f16], s: f32) {
+        assert_eq!(acc.len(), v.len(), "axpy of unequal lengths");
+        dispatch!(self, f16_axpy, ops::f16_axpy_ref, (acc, v, s))
+    }
+
+    /// `ops::f16_scale_ref`: `acc[i] = f16(acc[i]·s)`.
+    pub fn f16_scale(self, acc: &mut [f16], s: f32) {
+        dispatch!(self, f16_scale, ops::f16_scale_ref, (acc, s))
+    }
+
+    /// `ops::swiglu_ref`: `gate = silu(gate) · up`.
+    pub fn swiglu(self, gate: &mut [f32], up: &[f32]) {
+        assert_eq!(gate.len(), up.len(), "swiglu of unequal lengths");
+        dispatch!(self, swiglu, ops::swiglu_ref, (gate, up))
     }
 }
