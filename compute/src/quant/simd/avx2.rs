@@ -62,12 +62,31 @@ fn store32_i8(out: &mut [i8], v: __m256i) {
     unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) }
 }
 
-/// The little-endian f16 at `b[at..at + 2]`, widened exactly.
+/// The four little-endian f16 at `b[at..at + 8]`, widened exactly.
+///
+/// A plain 8-byte load: converting a lone `u16` lets LLVM emit a `vpinsrw` into whatever
+/// register it last zeroed, which can be a loop-carried accumulator, and that false dependency
+/// serialised whole dot products.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16x4(b: &[u8], at: usize) -> __m128 {
+    let x: &[u8; 8] = sub(b, at);
+    // SAFETY: reads exactly the 8 bytes of `x`; `loadl` has no alignment requirement.
+    _mm_cvtph_ps(unsafe { _mm_loadl_epi64(x.as_ptr().cast()) })
+}
+
+/// Lane `K` of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn lane<const K: i32>(v: __m128) -> f32 {
+    _mm_cvtss_f32(_mm_permute_ps::<K>(v))
+}
+
+/// The f16 at `b[at..at + 2]`, widened exactly; `b` must extend 6 bytes further.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    lane::<0>(f16x4(b, at))
 }
 
 /// 16 bytes of packed nibbles as 32 bytes: the low nibbles (elements 0..16), then the high ones.
@@ -126,10 +145,31 @@ pub(super) fn hsum_i32(v: __m256i) -> i32 {
 /// The lane sums of four vectors: `[Σv0, Σv1, Σv2, Σv3]` (exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn hsum_i32_x4(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> [i32; 4] {
+pub(super) fn hsum_i32_x4(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> __m128i {
     let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
-    let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-    [_mm_extract_epi32(s, 0), _mm_extract_epi32(s, 1), _mm_extract_epi32(s, 2), _mm_extract_epi32(s, 3)]
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+}
+
+/// The f16 scales at the start of four consecutive `stride`-byte blocks of `w4`, widened.
+/// Gathered into a fresh register, so no false dependency reaches the accumulators (see
+/// [`f16x4`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn scales4(w4: &[u8], stride: usize) -> __m128 {
+    let h = |i: usize| i16::from_le_bytes([w4[stride * i], w4[stride * i + 1]]);
+    _mm_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), 0, 0, 0, 0))
+}
+
+/// `acc = fma(sᵢ, dᵢ·yᵢ.d, acc)` for four 18-byte nibble blocks in order, `s` their integer sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn fuse4_nibble_blocks(acc: f32, s: __m128i, w4: &[u8], a4: &[BlockQ8_0]) -> f32 {
+    let s = _mm_cvtepi32_ps(s);
+    let dy = _mm_mul_ps(scales4(w4, 18), _mm_setr_ps(a4[0].d, a4[1].d, a4[2].d, a4[3].d));
+    let acc = lane::<0>(s).mul_add(lane::<0>(dy), acc);
+    let acc = lane::<1>(s).mul_add(lane::<1>(dy), acc);
+    let acc = lane::<2>(s).mul_add(lane::<2>(dy), acc);
+    lane::<3>(s).mul_add(lane::<3>(dy), acc)
 }
 
 /// One 18-byte nibble block (Q4_0 / IQ4_NL) times its Q8_0 block, as i32 lanes; `table` maps
@@ -154,10 +194,7 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
     let mut a4 = a.chunks_exact(4);
     for (w4, a4) in w4.by_ref().zip(a4.by_ref()) {
         let l = |i: usize| nibble_block_lanes(&w4[18 * i..18 * i + 18], &a4[i], table);
-        let s = hsum_i32_x4(l(0), l(1), l(2), l(3));
-        for (i, (&s, y)) in s.iter().zip(a4).enumerate() {
-            acc = (s as f32).mul_add(f16_at(w4, 18 * i) * y.d, acc);
-        }
+        acc = fuse4_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), l(3)), w4, a4);
     }
     for (blk, y) in w4.remainder().chunks_exact(18).zip(a4.remainder()) {
         let s = hsum_i32(nibble_block_lanes(blk, y, table));
@@ -188,8 +225,8 @@ pub unsafe fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0.0f32;
     for (blk, y) in w.chunks_exact(20).zip(a) {
-        let d = f16_at(blk, 0);
-        let m = f16_at(blk, 2);
+        let dm = f16x4(blk, 0);
+        let (d, m) = (lane::<0>(dm), lane::<1>(dm));
         summs = m.mul_add(y.s, summs);
         // Nibbles ≤ 15, activations ≤ 127 in magnitude: pair sums ≤ 3810.
         let lanes = mul_sum_u8_i8(nibbles(sub(blk, 4)), load32_i8(&y.qs));
@@ -219,10 +256,12 @@ pub unsafe fn vec_dot_q5_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
     let mut a4 = a.chunks_exact(4);
     for (w4, a4) in w4.by_ref().zip(a4.by_ref()) {
         let l = |i: usize| q5_0_block_lanes(&w4[22 * i..22 * i + 22], &a4[i]);
-        let s = hsum_i32_x4(l(0), l(1), l(2), l(3));
-        for (i, (&s, y)) in s.iter().zip(a4).enumerate() {
-            sum += s as f32 * f16_at(w4, 22 * i) * y.d;
-        }
+        let s = _mm_cvtepi32_ps(hsum_i32_x4(l(0), l(1), l(2), l(3)));
+        let t = _mm_mul_ps(_mm_mul_ps(s, scales4(w4, 22)), _mm_setr_ps(a4[0].d, a4[1].d, a4[2].d, a4[3].d));
+        sum += lane::<0>(t);
+        sum += lane::<1>(t);
+        sum += lane::<2>(t);
+        sum += lane::<3>(t);
     }
     for (blk, y) in w4.remainder().chunks_exact(22).zip(a4.remainder()) {
         sum += hsum_i32(q5_0_block_lanes(blk, y)) as f32 * f16_at(blk, 0) * y.d;
@@ -258,8 +297,10 @@ pub unsafe fn vec_dot_q2_k_q8_k(w: &[u8], a: &[BlockQ8K], halves: bool) -> f32 {
     let mut acc_min = 0.0f32;
     for (blk, y) in w.chunks_exact(84).zip(a) {
         let sc = sub::<16>(blk, 0);
-        let d = f16_at(blk, 80) * y.d;
-        let dmin = f16_at(blk, 82) * y.d;
+        // The scales are the block's last four bytes.
+        let s = f16x4(blk, 76);
+        let d = lane::<2>(s) * y.d;
+        let dmin = lane::<3>(s) * y.d;
         // Minimum terms: 4-bit mins × 16-element sums, sub-blocks 0..8 in the low lanes.
         let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(load16(sc), 4), _mm_set1_epi8(0x0F)));
         // SAFETY: reads the 32 bytes of `bsums` ([i16; 16]); `loadu` has no alignment requirement.
@@ -380,7 +421,8 @@ pub unsafe fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let shl4 = |v: __m256i| _mm256_slli_epi16(v, 4);
     for (blk, y) in w.chunks_exact(210).zip(a) {
         let scales = sub::<16>(blk, 192);
-        let d = f16_at(blk, 208) * y.d;
+        // The scale is the block's last two bytes.
+        let d = lane::<3>(f16x4(blk, 202)) * y.d;
         let mut acc = _mm256_setzero_si256();
         for half in 0..2 {
             let ql0 = load32(sub(blk, half * 64));

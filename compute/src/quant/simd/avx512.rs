@@ -11,7 +11,8 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::avx2::{
-    f16_at, hsum8, hsum_i32, hsum_i32_x4, iq1_s_sub_block, load16, load32, load32_i8, nibbles, sub, sub_i8,
+    f16_at, f16x4, fuse4_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, iq1_s_sub_block, lane, load16, load32, load32_i8,
+    nibbles, sub, sub_i8,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::quant::tables::KVALUES_IQ4NL;
@@ -38,8 +39,8 @@ pub unsafe fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0.0f32;
     for (blk, y) in w.chunks_exact(20).zip(a) {
-        let d = f16_at(blk, 0);
-        let m = f16_at(blk, 2);
+        let dm = f16x4(blk, 0);
+        let (d, m) = (lane::<0>(dm), lane::<1>(dm));
         summs = m.mul_add(y.s, summs);
         let lanes = dot4(nibbles(sub(blk, 4)), load32_i8(&y.qs));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc);
@@ -80,10 +81,7 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
     let mut a4 = a.chunks_exact(4);
     for (w4, a4) in w4.by_ref().zip(a4.by_ref()) {
         let l = |i: usize| nibble_block_lanes(&w4[18 * i..18 * i + 18], &a4[i], table);
-        let s = hsum_i32_x4(l(0), l(1), l(2), l(3));
-        for (i, (&s, y)) in s.iter().zip(a4).enumerate() {
-            acc = (s as f32).mul_add(f16_at(w4, 18 * i) * y.d, acc);
-        }
+        acc = fuse4_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), l(3)), w4, a4);
     }
     for (blk, y) in w4.remainder().chunks_exact(18).zip(a4.remainder()) {
         let s = hsum_i32(nibble_block_lanes(blk, y, table));
