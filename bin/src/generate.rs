@@ -117,12 +117,6 @@ fn report(s: &Stats) {
 
 pub fn run(a: RunArgs) -> Result<()> {
     let threads = init_threads(a.threads)?;
-    // The whole generation runs on a pool thread, so the serial parts of a step (attention,
-    // norms, sampling) do not compete with the pool's threads for the cores.
-    rayon::scope(|_| run_in_pool(a, threads))
-}
-
-fn run_in_pool(a: RunArgs, threads: usize) -> Result<()> {
     let f = open_gguf(&a.model)?;
     let tok = Tokenizer::from_metadata(f.metadata()).context("cannot build the tokenizer")?;
     let hp = compute::HParams::from_metadata(f.metadata()).context("cannot read the model's hyper-parameters")?;

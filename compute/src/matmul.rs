@@ -86,6 +86,11 @@ pub struct QuantizedActs {
 }
 
 impl QuantizedActs {
+    /// Activation rows held.
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
     /// Quantizes `x` (`n_rows` rows of `n_in`) to `kind` with kernels `k`.
     pub fn quantize(&mut self, k: Kernels, kind: VecDotType, x: &[f32], n_in: usize) {
         self.kind = Some(kind);
@@ -170,7 +175,25 @@ fn dot_row(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, s
 }
 
 /// Output rows handled per parallel task: large enough to amortise scheduling.
-const ROWS_PER_TASK: usize = 16;
+pub(crate) const ROWS_PER_TASK: usize = 16;
+
+/// Weight rows `r0..r0 + chunk.len() / n_rows` of `w` times every activation row of `acts`, into
+/// `chunk` laid out weight row by weight row (`chunk[i * n_rows + t]`).
+pub(crate) fn compute_rows(
+    k: Kernels,
+    w: &QMatrix<'_>,
+    acts: &QuantizedActs,
+    r0: usize,
+    chunk: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    for (i, o) in chunk.chunks_exact_mut(acts.n_rows).enumerate() {
+        let wr = w.row(r0 + i);
+        for (t, v) in o.iter_mut().enumerate() {
+            *v = dot_row(k, w.ty, wr, acts, t, scratch);
+        }
+    }
+}
 
 /// `out[t][r] = Σ_k w[r][k] · x[t][k]` for every activation row `t` of `x` (`n_rows × w.n_in`).
 /// `out` is `n_rows × w.n_out`; `tmp` is scratch reused between calls.
@@ -181,15 +204,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], out: &mut [f32], acts: &mut QuantizedA
     let k = Kernels::active();
     acts.quantize(k, vec_dot_type(w.ty), x, w.n_in);
     let acts = &*acts;
-    let compute = |r0: usize, chunk: &mut [f32]| {
-        let mut scratch = Vec::new();
-        for (i, o) in chunk.chunks_exact_mut(n_rows).enumerate() {
-            let wr = w.row(r0 + i);
-            for (t, v) in o.iter_mut().enumerate() {
-                *v = dot_row(k, w.ty, wr, acts, t, &mut scratch);
-            }
-        }
-    };
+    let compute = |r0: usize, chunk: &mut [f32]| compute_rows(k, w, acts, r0, chunk, &mut Vec::new());
     if n_rows == 1 {
         out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, chunk)| compute(c * ROWS_PER_TASK, chunk));
         return;

@@ -9,9 +9,10 @@ use gguf::{GgmlType, GgufFile};
 use crate::error::{Error, Result};
 use crate::hparams::{Arch, HParams};
 use crate::kv_cache::KvCache;
-use crate::matmul::{matmul, QMatrix, QuantizedActs};
+use crate::matmul::QMatrix;
 use crate::ops;
 use crate::quant::dequant::dequantize_row;
+use crate::team::{with_team, Team, TeamBuffers};
 
 /// A weight matrix located in the mapped file (bytes are borrowed at use).
 #[derive(Clone, Debug)]
@@ -237,21 +238,29 @@ impl Model {
                 return Err(Error::ContextFull { n_ctx: kv.n_ctx });
             }
         }
-        for il in layers {
-            let lw = self.layer(il).ok_or(Error::NotLoaded("layer"))?;
-            self.forward_layer(il, lw, hidden, positions, kv, s)?;
-        }
-        Ok(())
+        // The team's buffers leave `s` for the call, so the layers can borrow both.
+        let mut bufs = std::mem::take(&mut s.team);
+        let res = with_team(rayon::current_num_threads(), &mut bufs, |team| {
+            for il in layers {
+                let lw = self.layer(il).ok_or(Error::NotLoaded("layer"))?;
+                self.forward_layer(il, lw, hidden, positions, kv, s, team)?;
+            }
+            Ok(())
+        });
+        s.team = bufs;
+        res
     }
 
-    fn forward_layer(
-        &self,
+    #[allow(clippy::too_many_arguments)]
+    fn forward_layer<'m>(
+        &'m self,
         il: usize,
         lw: &LayerWeights,
         hidden: &mut [f32],
         positions: &[usize],
         kv: &mut KvCache,
         s: &mut Scratch,
+        team: &mut Team<'m, '_>,
     ) -> Result<()> {
         let hp = &self.hp;
         let (e, nq, nkv, ff) = (hp.n_embd, hp.n_embd_q(), hp.n_embd_kv(), hp.n_ff);
@@ -266,9 +275,9 @@ impl Model {
         s.q.resize(n_tok * nq, 0.0);
         s.k.resize(n_tok * nkv, 0.0);
         s.v.resize(n_tok * nkv, 0.0);
-        matmul(&self.matrix(&lw.wq), &s.xn, &mut s.q, &mut s.acts, &mut s.tmp);
-        matmul(&self.matrix(&lw.wk), &s.xn, &mut s.k, &mut s.acts, &mut s.tmp);
-        matmul(&self.matrix(&lw.wv), &s.xn, &mut s.v, &mut s.acts, &mut s.tmp);
+        team.matmul(&self.matrix(&lw.wq), &s.xn, &mut s.q);
+        team.matmul(&self.matrix(&lw.wk), &s.xn, &mut s.k);
+        team.matmul(&self.matrix(&lw.wv), &s.xn, &mut s.v);
         let dbg = self.debug_sums;
         debug_sum(dbg, "attn_norm", il, &s.xn);
         debug_sum(dbg, "Qcur", il, &s.q);
@@ -314,7 +323,7 @@ impl Model {
         ops::attention(hp, kv, li, &s.q, positions, &mut s.attn, &mut s.att_scratch);
         s.proj.resize(n_tok * e, 0.0);
         debug_sum(dbg, "kqv_out", il, &s.attn);
-        matmul(&self.matrix(&lw.wo), &s.attn, &mut s.proj, &mut s.acts, &mut s.tmp);
+        team.matmul(&self.matrix(&lw.wo), &s.attn, &mut s.proj);
         debug_sum(dbg, "attn_out", il, &s.proj);
         hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
         debug_sum(dbg, "ffn_inp", il, hidden);
@@ -325,14 +334,14 @@ impl Model {
         }
         s.gate.resize(n_tok * ff, 0.0);
         s.up.resize(n_tok * ff, 0.0);
-        matmul(&self.matrix(&lw.gate), &s.xn, &mut s.gate, &mut s.acts, &mut s.tmp);
-        matmul(&self.matrix(&lw.up), &s.xn, &mut s.up, &mut s.acts, &mut s.tmp);
+        team.matmul(&self.matrix(&lw.gate), &s.xn, &mut s.gate);
+        team.matmul(&self.matrix(&lw.up), &s.xn, &mut s.up);
         debug_sum(dbg, "ffn_norm", il, &s.xn);
         debug_sum(dbg, "ffn_gate", il, &s.gate);
         debug_sum(dbg, "ffn_up", il, &s.up);
         ops::swiglu(&mut s.gate, &s.up);
         debug_sum(dbg, "ffn_swiglu", il, &s.gate);
-        matmul(&self.matrix(&lw.down), &s.gate, &mut s.proj, &mut s.acts, &mut s.tmp);
+        team.matmul(&self.matrix(&lw.down), &s.gate, &mut s.proj);
         debug_sum(dbg, "ffn_out", il, &s.proj);
         hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
         debug_sum(dbg, "l_out", il, hidden);
@@ -351,7 +360,10 @@ impl Model {
         s.xn.resize(self.hp.n_embd, 0.0);
         ops::rms_norm(hidden_row, norm, self.hp.rms_eps, &mut s.xn);
         logits.resize(out.n_out, 0.0);
-        matmul(&self.matrix(out), &s.xn, logits, &mut s.acts, &mut s.tmp);
+        let mut bufs = std::mem::take(&mut s.team);
+        let xn = &s.xn;
+        with_team(rayon::current_num_threads(), &mut bufs, |team| team.matmul(&self.matrix(out), xn, logits));
+        s.team = bufs;
         Ok(())
     }
 
@@ -373,7 +385,6 @@ pub struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     rope: Vec<f32>,
-    tmp: Vec<f32>,
-    acts: QuantizedActs,
     att_scratch: ops::AttnScratch,
+    team: TeamBuffers,
 }
