@@ -224,6 +224,29 @@ impl Model {
         kv: &mut KvCache,
         s: &mut Scratch,
     ) -> Result<()> {
+        self.with_team(s, |team, s| self.forward_layers_on(team, layers, hidden, positions, kv, s))
+    }
+
+    /// Runs `f` on a team of `rayon::current_num_threads()` threads whose buffers come from `s`
+    /// (see `team`): one team can serve several calls, e.g. a whole decode step.
+    pub fn with_team<'m, R>(&'m self, s: &mut Scratch, f: impl FnOnce(&mut Team<'m, '_>, &mut Scratch) -> R) -> R {
+        // The team's buffers leave `s` for the call, so `f` can borrow both.
+        let mut bufs = std::mem::take(&mut s.team);
+        let res = with_team(rayon::current_num_threads(), &mut bufs, |team| f(team, s));
+        s.team = bufs;
+        res
+    }
+
+    /// [`Model::forward_layers`] on a running team.
+    pub fn forward_layers_on<'m>(
+        &'m self,
+        team: &mut Team<'m, '_>,
+        layers: Range<usize>,
+        hidden: &mut [f32],
+        positions: &[usize],
+        kv: &mut KvCache,
+        s: &mut Scratch,
+    ) -> Result<()> {
         let hp = &self.hp;
         let n_tok = positions.len();
         if hidden.len() != n_tok * hp.n_embd {
@@ -238,17 +261,11 @@ impl Model {
                 return Err(Error::ContextFull { n_ctx: kv.n_ctx });
             }
         }
-        // The team's buffers leave `s` for the call, so the layers can borrow both.
-        let mut bufs = std::mem::take(&mut s.team);
-        let res = with_team(rayon::current_num_threads(), &mut bufs, |team| {
-            for il in layers {
-                let lw = self.layer(il).ok_or(Error::NotLoaded("layer"))?;
-                self.forward_layer(il, lw, hidden, positions, kv, s, team)?;
-            }
-            Ok(())
-        });
-        s.team = bufs;
-        res
+        for il in layers {
+            let lw = self.layer(il).ok_or(Error::NotLoaded("layer"))?;
+            self.forward_layer(il, lw, hidden, positions, kv, s, team)?;
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -350,6 +367,17 @@ impl Model {
 
     /// Final norm and output head for one hidden row: the logits over the vocabulary.
     pub fn logits(&self, hidden_row: &[f32], logits: &mut Vec<f32>, s: &mut Scratch) -> Result<()> {
+        self.with_team(s, |team, s| self.logits_on(team, hidden_row, logits, s))
+    }
+
+    /// [`Model::logits`] on a running team.
+    pub fn logits_on<'m>(
+        &'m self,
+        team: &mut Team<'m, '_>,
+        hidden_row: &[f32],
+        logits: &mut Vec<f32>,
+        s: &mut Scratch,
+    ) -> Result<()> {
         let (norm, out) = match (&self.output_norm, &self.output) {
             (Some(n), Some(o)) => (n, o),
             _ => return Err(Error::NotLoaded("output head")),
@@ -360,10 +388,7 @@ impl Model {
         s.xn.resize(self.hp.n_embd, 0.0);
         ops::rms_norm(hidden_row, norm, self.hp.rms_eps, &mut s.xn);
         logits.resize(out.n_out, 0.0);
-        let mut bufs = std::mem::take(&mut s.team);
-        let xn = &s.xn;
-        with_team(rayon::current_num_threads(), &mut bufs, |team| team.matmul(&self.matrix(out), xn, logits));
-        s.team = bufs;
+        team.matmul(&self.matrix(out), &s.xn, logits);
         Ok(())
     }
 
