@@ -187,8 +187,9 @@ pub(crate) fn compute_rows(
     chunk: &mut [f32],
     scratch: &mut Vec<f32>,
 ) {
-    for (i, o) in chunk.chunks_exact_mut(acts.n_rows).enumerate() {
-        let wr = w.row(r0 + i);
+    let rb = w.row_bytes();
+    let n_w = chunk.len() / acts.n_rows;
+    for (wr, o) in w.data[r0 * rb..(r0 + n_w) * rb].chunks_exact(rb).zip(chunk.chunks_exact_mut(acts.n_rows)) {
         for (t, v) in o.iter_mut().enumerate() {
             *v = dot_row(k, w.ty, wr, acts, t, scratch);
         }

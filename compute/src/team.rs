@@ -3,16 +3,21 @@
 //!
 //! A decode step of a small model is ~200 products of 10–100 µs each, separated by short serial
 //! work (norms, RoPE, attention). A thread pool whose idle threads go to sleep pays a wake-up on
-//! nearly every product; here the helpers busy-wait on an epoch counter for the few microseconds
-//! between products, as llama.cpp's threads do. Helpers live for one forward call (scoped
-//! threads, so everything they touch is borrowed safely); spawning them costs ~20 µs per call.
+//! nearly every product; here the helpers busy-wait on an epoch counter for a while between
+//! products, as llama.cpp's threads do, and park only when idle for longer. Helpers live for one
+//! call (scoped threads, so everything they touch is borrowed safely; spawning costs ~20 µs).
 //!
-//! Rows are claimed in contiguous chunks from a shared counter, and every output value
-//! is computed by exactly one thread with the same kernel: results do not depend on the team
-//! size or on which thread took which chunk.
+//! Work split: each thread owns one contiguous run of rows ("home") and claims it front to back
+//! in chunks of [`ROWS_PER_TASK`], so it streams its weights sequentially, which the hardware
+//! prefetcher follows (interleaved short runs measured at half the speed). A thread that runs
+//! out takes chunks from the back of the others' homes, so a preempted thread (another process,
+//! parallel tests) costs one chunk of waiting, not its whole share.
+//!
+//! Every output value is computed by exactly one thread with the same kernel: results do not
+//! depend on the team size or on which thread took which chunk.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -23,36 +28,49 @@ use crate::quant::simd::Kernels;
 #[derive(Default)]
 pub struct TeamBuffers {
     acts: RwLock<QuantizedActs>,
-    /// Per helper: the values of the chunks it computed, and those chunks' first rows.
-    helper_out: Vec<Mutex<(Vec<f32>, Vec<usize>)>>,
+    helper_out: Vec<Mutex<HelperOut>>,
     /// The caller's rows, weight row by weight row (`[r][t]`).
     own: Vec<f32>,
 }
 
-/// One matrix product, as the helpers see it.
-#[derive(Clone, Copy)]
+/// What one helper computed for product `epoch`: chunks `(first row, rows)` and their values.
+#[derive(Default)]
+struct HelperOut {
+    epoch: usize,
+    chunks: Vec<(usize, usize)>,
+    values: Vec<f32>,
+}
+
+/// One matrix product. A fresh (or reused) value per product: a helper that wakes late holds
+/// an old one, whose rows are all claimed, so it cannot take part in the wrong product.
 struct Job<'m> {
+    epoch: usize,
     w: QMatrix<'m>,
     k: Kernels,
+    /// Per thread (caller first): its home's unclaimed rows, `front << 32 | back`.
+    homes: Vec<AtomicU64>,
+    rows_done: AtomicUsize,
 }
 
 struct Shared<'m, 'b> {
     epoch: AtomicUsize,
     stop: AtomicBool,
-    job: Mutex<Option<Job<'m>>>,
-    next_chunk: AtomicUsize,
-    finished: AtomicUsize,
+    job: Mutex<Option<Arc<Job<'m>>>>,
     acts: &'b RwLock<QuantizedActs>,
-    helper_out: &'b [Mutex<(Vec<f32>, Vec<usize>)>],
+    helper_out: &'b [Mutex<HelperOut>],
     /// Per helper: its thread, once started, and whether it is parked (or about to park).
     helper_threads: Vec<Mutex<Option<Thread>>>,
-    parked: Vec<AtomicBool>,
+    helper_parked: Vec<AtomicBool>,
+    caller: Thread,
+    caller_parked: AtomicBool,
 }
 
 /// The caller's handle on a running team.
 pub struct Team<'m, 'b> {
     shared: &'b Shared<'m, 'b>,
     own: &'b mut Vec<f32>,
+    /// The last product's job, reused when no helper still holds it.
+    spare: Option<Arc<Job<'m>>>,
 }
 
 /// A poisoned lock only means another team thread panicked; the scope re-raises that panic.
@@ -64,16 +82,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub fn with_team<'m, R>(n_threads: usize, bufs: &mut TeamBuffers, f: impl FnOnce(&mut Team<'m, '_>) -> R) -> R {
     let n_helpers = n_threads.max(1) - 1;
     bufs.helper_out.resize_with(n_helpers, Default::default);
+    // Epochs restart with every team; results left from an earlier team must not match one.
+    for o in &mut bufs.helper_out {
+        o.get_mut().unwrap_or_else(PoisonError::into_inner).epoch = 0;
+    }
     let shared = Shared {
         epoch: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         job: Mutex::new(None),
-        next_chunk: AtomicUsize::new(0),
-        finished: AtomicUsize::new(0),
         acts: &bufs.acts,
         helper_out: &bufs.helper_out,
         helper_threads: (0..n_helpers).map(|_| Mutex::new(None)).collect(),
-        parked: (0..n_helpers).map(|_| AtomicBool::new(false)).collect(),
+        helper_parked: (0..n_helpers).map(|_| AtomicBool::new(false)).collect(),
+        caller: std::thread::current(),
+        caller_parked: AtomicBool::new(false),
     };
     /// Releases the helpers however `f` ends (a panic included), or the scope would wait forever.
     struct Stop<'a, 'm, 'b>(&'a Shared<'m, 'b>);
@@ -89,80 +111,132 @@ pub fn with_team<'m, R>(n_threads: usize, bufs: &mut TeamBuffers, f: impl FnOnce
             s.spawn(move || helper(shared, h));
         }
         let _stop = Stop(&shared);
-        f(&mut Team { shared: &shared, own: &mut bufs.own })
+        f(&mut Team { shared: &shared, own: &mut bufs.own, spare: None })
     })
 }
 
-/// How long a helper spins for the next product before it parks (and a caller spins for its
-/// helpers before it yields): longer than the serial work between two products of a step, short
-/// enough that an oversubscribed machine (parallel tests, other processes) is not starved.
-const SPIN_MAX: Duration = Duration::from_micros(200);
+/// How long an idle helper spins for the next product before it parks: longer than the serial
+/// work between two products of a step, short enough not to starve other processes.
+const HELPER_SPIN: Duration = Duration::from_micros(200);
+/// How long the caller spins for the helpers' last chunks before it parks.
+const CALLER_SPIN: Duration = Duration::from_micros(50);
 
-/// Spins until `ready()` or [`SPIN_MAX`] has passed; whether `ready()` came true.
-fn spin_until(ready: impl Fn() -> bool) -> bool {
+/// Spins until `ready()` or `max` has passed; whether `ready()` came true.
+fn spin_until(max: Duration, ready: impl Fn() -> bool) -> bool {
     let t0 = Instant::now();
     loop {
-        for _ in 0..256 {
+        for _ in 0..64 {
             if ready() {
                 return true;
             }
             std::hint::spin_loop();
         }
-        if t0.elapsed() > SPIN_MAX {
+        if t0.elapsed() > max {
             return false;
         }
     }
+}
+
+/// Waits until `ready()`: spins for `max`, then parks, announcing it in `parked` first. The
+/// waker sets the condition, then checks `parked` (both `SeqCst`), so no wake-up is lost.
+fn wait_until(max: Duration, parked: &AtomicBool, ready: impl Fn() -> bool) {
+    if spin_until(max, &ready) {
+        return;
+    }
+    loop {
+        parked.store(true, Ordering::SeqCst);
+        if ready() {
+            break;
+        }
+        // Returns at once if an unpark came in between; spurious returns just re-check.
+        std::thread::park();
+    }
+    parked.store(false, Ordering::Relaxed);
 }
 
 fn helper(s: &Shared<'_, '_>, h: usize) {
     *lock(&s.helper_threads[h]) = Some(std::thread::current());
     let mut seen = 0;
     loop {
-        let e = loop {
-            if spin_until(|| s.epoch.load(Ordering::Acquire) != seen) {
-                break s.epoch.load(Ordering::Acquire);
-            }
-            // Announce the park, then re-check: a caller that bumps the epoch after this
-            // store sees `parked` and unparks; one that bumped it before is seen here.
-            s.parked[h].store(true, Ordering::SeqCst);
-            let e = s.epoch.load(Ordering::SeqCst);
-            if e != seen {
-                s.parked[h].store(false, Ordering::Relaxed);
-                break e;
-            }
-            std::thread::park();
-            s.parked[h].store(false, Ordering::Relaxed);
-        };
-        seen = e;
+        wait_until(HELPER_SPIN, &s.helper_parked[h], || s.epoch.load(Ordering::SeqCst) != seen);
+        seen = s.epoch.load(Ordering::Acquire);
         if s.stop.load(Ordering::Acquire) {
             return;
         }
-        let job = *lock(&s.job);
-        if let Some(job) = job {
-            let acts = s.acts.read().unwrap_or_else(PoisonError::into_inner);
-            let mut out = lock(&s.helper_out[h]);
-            let (values, chunks) = &mut *out;
-            values.clear();
-            chunks.clear();
+        let Some(job) = lock(&s.job).clone() else { continue };
+        let mut out: Option<MutexGuard<'_, HelperOut>> = None;
+        work(s, &job, h + 1, |r0, n, acts| {
+            let o = out.get_or_insert_with(|| {
+                let mut o = lock(&s.helper_out[h]);
+                o.epoch = job.epoch;
+                o.chunks.clear();
+                o.values.clear();
+                o
+            });
+            o.chunks.push((r0, n));
+            let at = o.values.len();
+            o.values.resize(at + n * acts.n_rows(), 0.0);
             let mut scratch = Vec::new();
-            while let Some((r0, n)) = claim(s, job.w.n_out) {
-                chunks.push(r0);
-                let at = values.len();
-                values.resize(at + n * acts.n_rows(), 0.0);
-                compute_rows(job.k, &job.w, &acts, r0, &mut values[at..], &mut scratch);
+            compute_rows(job.k, &job.w, acts, r0, &mut o.values[at..], &mut scratch);
+        });
+    }
+}
+
+const FRONT: u32 = 32;
+
+fn unpack(v: u64) -> (usize, usize) {
+    ((v >> FRONT) as usize, (v & u32::MAX as u64) as usize)
+}
+
+fn pack(front: usize, back: usize) -> u64 {
+    ((front as u64) << FRONT) | back as u64
+}
+
+/// Claims the next chunk of `home`: from the front for its owner, from the back for others.
+fn claim(home: &AtomicU64, from_front: bool) -> Option<(usize, usize)> {
+    let mut v = home.load(Ordering::Relaxed);
+    loop {
+        let (front, back) = unpack(v);
+        if front >= back {
+            return None;
+        }
+        let (r0, n, new) = if from_front {
+            let n = ROWS_PER_TASK.min(back - front);
+            (front, n, pack(front + n, back))
+        } else {
+            // Back chunks keep the owner's chunk grid, so the owner's claims stay aligned.
+            let r0 = front.max((back - 1) / ROWS_PER_TASK * ROWS_PER_TASK);
+            (r0, back - r0, pack(front, r0))
+        };
+        match home.compare_exchange_weak(v, new, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some((r0, n)),
+            Err(cur) => v = cur,
+        }
+    }
+}
+
+/// Thread `me`'s share of `job`: its own home, then what is left of the others'. `compute(r0,
+/// n, acts)` computes rows `r0..r0 + n`; each chunk is then counted as done.
+fn work(s: &Shared<'_, '_>, job: &Job<'_>, me: usize, mut compute: impl FnMut(usize, usize, &QuantizedActs)) {
+    let n_homes = job.homes.len();
+    for i in 0..n_homes {
+        let home = (me + i) % n_homes;
+        while let Some((r0, n)) = claim(&job.homes[home], i == 0) {
+            // A claimed chunk keeps the caller waiting, so the activations stay as they are.
+            compute(r0, n, &s.acts.read().unwrap_or_else(PoisonError::into_inner));
+            job.rows_done.fetch_add(n, Ordering::SeqCst);
+            if s.caller_parked.load(Ordering::SeqCst) {
+                s.caller.unpark();
             }
         }
-        s.finished.fetch_add(1, Ordering::Release);
     }
 }
 
 impl Shared<'_, '_> {
     /// Starts the next epoch (a product, or the stop) and wakes parked helpers.
     fn publish(&self) {
-        // SeqCst pairs with the helpers' park announcement (see `helper`); it also releases the
-        // job, the activations and the counters written before.
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        for (p, t) in self.parked.iter().zip(&self.helper_threads) {
+        for (p, t) in self.helper_parked.iter().zip(&self.helper_threads) {
             if p.load(Ordering::SeqCst) {
                 if let Some(t) = &*lock(t) {
                     t.unpark();
@@ -172,22 +246,6 @@ impl Shared<'_, '_> {
     }
 }
 
-/// The next unclaimed chunk of rows, `(first row, row count)`.
-fn claim(s: &Shared<'_, '_>, n_out: usize) -> Option<(usize, usize)> {
-    let size = chunk_rows(n_out, s.helper_out.len() + 1);
-    let r0 = s.next_chunk.fetch_add(1, Ordering::Relaxed) * size;
-    (r0 < n_out).then(|| (r0, size.min(n_out - r0)))
-}
-
-/// Rows per claimed chunk: one contiguous run per thread (rounded to whole tasks). Long runs
-/// matter: each thread then streams its weights sequentially, which the hardware prefetcher
-/// follows. Measured on SmolLM2-135M decode, 2 threads: 1 run per thread 232 tokens/s (Q4_1),
-/// 2 runs 225, 4 runs 209, 8 runs 188, 16-row runs ~117. A late helper's run is taken by
-/// whichever thread is free first.
-fn chunk_rows(n_out: usize, n_threads: usize) -> usize {
-    n_out.div_ceil(n_threads).div_ceil(ROWS_PER_TASK) * ROWS_PER_TASK
-}
-
 impl<'m> Team<'m, '_> {
     /// `out[t][r] = Σ_k w[r][k] · x[t][k]`, as [`crate::matmul::matmul`], on the team.
     pub fn matmul(&mut self, w: &QMatrix<'m>, x: &[f32], out: &mut [f32]) {
@@ -195,41 +253,71 @@ impl<'m> Team<'m, '_> {
         let n_rows = x.len() / w.n_in;
         assert_eq!(x.len(), n_rows * w.n_in, "activation length is not a multiple of the row length");
         assert_eq!(out.len(), n_rows * w.n_out, "output has the wrong length");
+        assert!(w.n_out < 1 << FRONT, "too many rows for the work split");
+        // Helpers wake the thread that made the team; only it may wait here.
+        assert_eq!(std::thread::current().id(), s.caller.id(), "a team is driven by the thread that made it");
         let k = Kernels::active();
         s.acts.write().unwrap_or_else(PoisonError::into_inner).quantize(k, vec_dot_type(w.ty), x, w.n_in);
-        let job = Job { w: *w, k };
-        *lock(&s.job) = Some(job);
-        s.next_chunk.store(0, Ordering::Relaxed);
-        s.finished.store(0, Ordering::Relaxed);
+        let epoch = s.epoch.load(Ordering::Relaxed) + 1;
+        let job = self.next_job(epoch, *w, k);
+        *lock(&s.job) = Some(job.clone());
         s.publish();
+
         self.own.resize(n_rows * w.n_out, 0.0);
-        {
-            let acts = s.acts.read().unwrap_or_else(PoisonError::into_inner);
-            let mut scratch = Vec::new();
-            while let Some((r0, n)) = claim(s, w.n_out) {
-                let rows = &mut self.own[r0 * n_rows..(r0 + n) * n_rows];
-                compute_rows(k, w, &acts, r0, rows, &mut scratch);
-            }
-        }
-        while !spin_until(|| s.finished.load(Ordering::Acquire) == s.helper_out.len()) {
-            std::thread::yield_now();
-        }
+        let own = &mut *self.own;
+        let mut scratch = Vec::new();
+        work(s, &job, 0, |r0, n, acts| {
+            compute_rows(k, w, acts, r0, &mut own[r0 * n_rows..(r0 + n) * n_rows], &mut scratch);
+        });
+        wait_until(CALLER_SPIN, &s.caller_parked, || job.rows_done.load(Ordering::SeqCst) == w.n_out);
         for out_h in s.helper_out {
             let out_h = lock(out_h);
-            let (values, chunks) = &*out_h;
-            for (&r0, v) in chunks.iter().zip(values.chunks(chunk_rows(w.n_out, s.helper_out.len() + 1) * n_rows)) {
-                self.own[r0 * n_rows..r0 * n_rows + v.len()].copy_from_slice(v);
+            if out_h.epoch != epoch {
+                continue;
+            }
+            let mut at = 0;
+            for &(r0, n) in &out_h.chunks {
+                let len = n * n_rows;
+                own[r0 * n_rows..r0 * n_rows + len].copy_from_slice(&out_h.values[at..at + len]);
+                at += len;
             }
         }
         if n_rows == 1 {
-            out.copy_from_slice(self.own);
+            out.copy_from_slice(own);
         } else {
-            for (r, vals) in self.own.chunks_exact(n_rows).enumerate() {
+            for (r, vals) in own.chunks_exact(n_rows).enumerate() {
                 for (t, &v) in vals.iter().enumerate() {
                     out[t * w.n_out + r] = v;
                 }
             }
         }
+        self.spare = lock(&s.job).take();
+    }
+
+    /// The job of product `epoch`, reusing the last one's allocation when no helper holds it.
+    fn next_job(&mut self, epoch: usize, w: QMatrix<'m>, k: Kernels) -> Arc<Job<'m>> {
+        let n_threads = self.shared.helper_out.len() + 1;
+        let home = w.n_out.div_ceil(n_threads).div_ceil(ROWS_PER_TASK) * ROWS_PER_TASK;
+        let bounds = |i: usize| pack((i * home).min(w.n_out), ((i + 1) * home).min(w.n_out));
+        if let Some(job) = self.spare.as_mut().and_then(Arc::get_mut) {
+            job.epoch = epoch;
+            job.w = w;
+            job.k = k;
+            for (i, h) in job.homes.iter_mut().enumerate() {
+                *h.get_mut() = bounds(i);
+            }
+            *job.rows_done.get_mut() = 0;
+            if let Some(job) = self.spare.take() {
+                return job;
+            }
+        }
+        Arc::new(Job {
+            epoch,
+            w,
+            k,
+            homes: (0..n_threads).map(|i| AtomicU64::new(bounds(i))).collect(),
+            rows_done: AtomicUsize::new(0),
+        })
     }
 }
 
@@ -269,21 +357,60 @@ mod tests {
             }
             let w = QMatrix::new("w", ty, n_in, n_out, &data).unwrap();
             for n_rows in 1..=5 {
-                let x: Vec<f32> = bytes(n_rows * n_in, 9).iter().map(|&b| (b as f32 - 128.0) / 17.0).collect();
-                let mut want = vec![0.0; n_rows * n_out];
-                matmul(&w, &x, &mut want, &mut QuantizedActs::default(), &mut Vec::new());
-                for n_threads in 1..=4 {
+                // One set of buffers for every team, as a session keeps them between steps.
+                let mut bufs = TeamBuffers::default();
+                for (i, n_threads) in [1, 2, 3, 4, 2, 2, 3].into_iter().enumerate() {
+                    // Different activations for every team, so stale results cannot pass.
+                    let x: Vec<f32> =
+                        bytes(n_rows * n_in, 9 + i as u64).iter().map(|&b| (b as f32 - 128.0) / 17.0).collect();
+                    let mut want = vec![0.0; n_rows * n_out];
+                    matmul(&w, &x, &mut want, &mut QuantizedActs::default(), &mut Vec::new());
                     let mut got = vec![0.0; n_rows * n_out];
-                    let mut bufs = TeamBuffers::default();
-                    // Twice on the same team: later products must not see stale state.
+                    // Between other products on the same team: no product may see another's
+                    // state (a 1-row product of a small matrix runs before and after).
+                    let mut small = vec![0.0; n_out.min(8)];
+                    let w_small =
+                        QMatrix::new("s", ty, n_in, small.len(), &data[..w.row_bytes() * small.len()]).unwrap();
                     with_team(n_threads, &mut bufs, |team| {
+                        team.matmul(&w_small, &x[..n_in], &mut small);
                         team.matmul(&w, &x, &mut got);
+                        team.matmul(&w_small, &x[..n_in], &mut small);
                         team.matmul(&w, &x, &mut got);
                     });
                     let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{ty} n_out {n_out}, {n_rows} rows, {n_threads} threads");
+                    assert!(same, "{ty} n_out {n_out}, {n_rows} rows, {n_threads} threads (team {i})");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn results_left_by_an_earlier_team_are_ignored() {
+        // Goal: a session's buffers outlive its teams, and epochs restart with each team, so a
+        // helper's output from an earlier team must never be taken for a current product;
+        // method: buffers pre-filled with garbage results tagged with every early epoch.
+        let ty = GgmlType::Q8_0;
+        let (n_in, n_out) = (64, 40);
+        let mut data = bytes(ty.row_bytes(n_in as u64).unwrap() as usize * n_out, 5);
+        data.chunks_exact_mut(ty.type_size()).for_each(|b| b[1] &= 0x3b);
+        let w = QMatrix::new("w", ty, n_in, n_out, &data).unwrap();
+        let x: Vec<f32> = bytes(n_in, 6).iter().map(|&b| (b as f32 - 128.0) / 17.0).collect();
+        let mut want = vec![0.0; n_out];
+        matmul(&w, &x, &mut want, &mut QuantizedActs::default(), &mut Vec::new());
+        for stale_epoch in 1..4 {
+            let mut bufs = TeamBuffers::default();
+            bufs.helper_out.push(Mutex::new(HelperOut {
+                epoch: stale_epoch,
+                chunks: vec![(0, n_out)],
+                values: vec![f32::NAN; n_out],
+            }));
+            let mut got = vec![0.0; n_out];
+            with_team(2, &mut bufs, |team| {
+                for _ in 0..3 {
+                    team.matmul(&w, &x, &mut got);
+                    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "epoch {stale_epoch}");
+                }
+            });
         }
     }
 }
