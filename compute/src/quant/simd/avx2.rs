@@ -172,6 +172,29 @@ pub(super) fn fuse4_nibble_blocks(acc: f32, s: __m128i, w4: &[u8], a4: &[BlockQ8
     lane::<3>(s).mul_add(lane::<3>(dy), acc)
 }
 
+/// As [`fuse4_nibble_blocks`] for the last one to three blocks of a row (`s` has zeros for the
+/// missing ones). Their scales are gathered into a fresh register too: a lone scale conversion
+/// picks up a false dependency on the accumulator.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn fuse_tail_nibble_blocks(acc: f32, s: __m128i, w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let h = |i: usize| if i < a.len() { i16::from_le_bytes([w[18 * i], w[18 * i + 1]]) } else { 0 };
+    let yd = |i: usize| a.get(i).map_or(0.0, |y| y.d);
+    let s = _mm_cvtepi32_ps(s);
+    let dy = _mm_mul_ps(
+        _mm_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), 0, 0, 0, 0, 0)),
+        _mm_setr_ps(yd(0), yd(1), yd(2), 0.0),
+    );
+    let mut acc = lane::<0>(s).mul_add(lane::<0>(dy), acc);
+    if a.len() > 1 {
+        acc = lane::<1>(s).mul_add(lane::<1>(dy), acc);
+    }
+    if a.len() > 2 {
+        acc = lane::<2>(s).mul_add(lane::<2>(dy), acc);
+    }
+    acc
+}
+
 /// One 18-byte nibble block (Q4_0 / IQ4_NL) times its Q8_0 block, as i32 lanes; `table` maps
 /// each nibble to its signed value (|value| ≤ 127) in both 128-bit halves.
 #[inline]
@@ -196,9 +219,11 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
         let l = |i: usize| nibble_block_lanes(&w4[18 * i..18 * i + 18], &a4[i], table);
         acc = fuse4_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), l(3)), w4, a4);
     }
-    for (blk, y) in w4.remainder().chunks_exact(18).zip(a4.remainder()) {
-        let s = hsum_i32(nibble_block_lanes(blk, y, table));
-        acc = (s as f32).mul_add(f16_at(blk, 0) * y.d, acc);
+    let (wr, ar) = (w4.remainder(), a4.remainder());
+    if !ar.is_empty() {
+        let z = _mm256_setzero_si256();
+        let l = |i: usize| if i < ar.len() { nibble_block_lanes(&wr[18 * i..18 * i + 18], &ar[i], table) } else { z };
+        acc = fuse_tail_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), z), wr, ar);
     }
     acc
 }

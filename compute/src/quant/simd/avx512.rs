@@ -11,8 +11,8 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::avx2::{
-    f16_at, f16x4, fuse4_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, iq1_s_sub_block, lane, load16, load32, load32_i8,
-    nibbles, sub, sub_i8,
+    f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32_x4, iq1_s_sub_block, lane, load16,
+    load32, load32_i8, nibbles, sub, sub_i8,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::quant::tables::KVALUES_IQ4NL;
@@ -83,9 +83,11 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
         let l = |i: usize| nibble_block_lanes(&w4[18 * i..18 * i + 18], &a4[i], table);
         acc = fuse4_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), l(3)), w4, a4);
     }
-    for (blk, y) in w4.remainder().chunks_exact(18).zip(a4.remainder()) {
-        let s = hsum_i32(nibble_block_lanes(blk, y, table));
-        acc = (s as f32).mul_add(f16_at(blk, 0) * y.d, acc);
+    let (wr, ar) = (w4.remainder(), a4.remainder());
+    if !ar.is_empty() {
+        let z = _mm256_setzero_si256();
+        let l = |i: usize| if i < ar.len() { nibble_block_lanes(&wr[18 * i..18 * i + 18], &ar[i], table) } else { z };
+        acc = fuse_tail_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), z), wr, ar);
     }
     acc
 }
