@@ -29,8 +29,13 @@ use crate::quant::simd::Kernels;
 pub struct TeamBuffers {
     acts: RwLock<QuantizedActs>,
     helper_out: Vec<Mutex<HelperOut>>,
+    /// Per helper: its thread, once started, and whether it is parked (or about to park).
+    helper_threads: Vec<Mutex<Option<Thread>>>,
+    helper_parked: Vec<AtomicBool>,
     /// The caller's rows, weight row by weight row (`[r][t]`).
     own: Vec<f32>,
+    /// The last product's progress, reused when no helper still holds it.
+    spare: Option<Arc<Progress>>,
 }
 
 /// What one helper computed for product `epoch`: chunks `(first row, rows)` and their values.
@@ -41,12 +46,19 @@ struct HelperOut {
     values: Vec<f32>,
 }
 
-/// One matrix product. A fresh (or reused) value per product: a helper that wakes late holds
-/// an old one, whose rows are all claimed, so it cannot take part in the wrong product.
+/// One matrix product.
+#[derive(Clone)]
 struct Job<'m> {
-    epoch: usize,
     w: QMatrix<'m>,
     k: Kernels,
+    progress: Arc<Progress>,
+}
+
+/// Who has claimed and finished which rows of one product. A fresh (or reused) value per
+/// product: a helper that wakes late holds an old one, whose rows are all claimed, so it cannot
+/// take part in the wrong product.
+struct Progress {
+    epoch: usize,
     /// Per thread (caller first): its home's unclaimed rows, `front << 32 | back`.
     homes: Vec<AtomicU64>,
     rows_done: AtomicUsize,
@@ -55,12 +67,11 @@ struct Job<'m> {
 struct Shared<'m, 'b> {
     epoch: AtomicUsize,
     stop: AtomicBool,
-    job: Mutex<Option<Arc<Job<'m>>>>,
+    job: Mutex<Option<Job<'m>>>,
     acts: &'b RwLock<QuantizedActs>,
     helper_out: &'b [Mutex<HelperOut>],
-    /// Per helper: its thread, once started, and whether it is parked (or about to park).
-    helper_threads: Vec<Mutex<Option<Thread>>>,
-    helper_parked: Vec<AtomicBool>,
+    helper_threads: &'b [Mutex<Option<Thread>>],
+    helper_parked: &'b [AtomicBool],
     caller: Thread,
     caller_parked: AtomicBool,
 }
@@ -69,8 +80,7 @@ struct Shared<'m, 'b> {
 pub struct Team<'m, 'b> {
     shared: &'b Shared<'m, 'b>,
     own: &'b mut Vec<f32>,
-    /// The last product's job, reused when no helper still holds it.
-    spare: Option<Arc<Job<'m>>>,
+    spare: &'b mut Option<Arc<Progress>>,
 }
 
 /// A poisoned lock only means another team thread panicked; the scope re-raises that panic.
@@ -86,14 +96,20 @@ pub fn with_team<'m, R>(n_threads: usize, bufs: &mut TeamBuffers, f: impl FnOnce
     for o in &mut bufs.helper_out {
         o.get_mut().unwrap_or_else(PoisonError::into_inner).epoch = 0;
     }
+    bufs.helper_threads.resize_with(n_helpers, Default::default);
+    bufs.helper_parked.resize_with(n_helpers, Default::default);
+    for (t, p) in bufs.helper_threads.iter_mut().zip(&mut bufs.helper_parked) {
+        *t.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
+        *p.get_mut() = false;
+    }
     let shared = Shared {
         epoch: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         job: Mutex::new(None),
         acts: &bufs.acts,
         helper_out: &bufs.helper_out,
-        helper_threads: (0..n_helpers).map(|_| Mutex::new(None)).collect(),
-        helper_parked: (0..n_helpers).map(|_| AtomicBool::new(false)).collect(),
+        helper_threads: &bufs.helper_threads,
+        helper_parked: &bufs.helper_parked,
         caller: std::thread::current(),
         caller_parked: AtomicBool::new(false),
     };
@@ -111,7 +127,7 @@ pub fn with_team<'m, R>(n_threads: usize, bufs: &mut TeamBuffers, f: impl FnOnce
             s.spawn(move || helper(shared, h));
         }
         let _stop = Stop(&shared);
-        f(&mut Team { shared: &shared, own: &mut bufs.own, spare: None })
+        f(&mut Team { shared: &shared, own: &mut bufs.own, spare: &mut bufs.spare })
     })
 }
 
@@ -165,10 +181,10 @@ fn helper(s: &Shared<'_, '_>, h: usize) {
         }
         let Some(job) = lock(&s.job).clone() else { continue };
         let mut out: Option<MutexGuard<'_, HelperOut>> = None;
-        work(s, &job, h + 1, |r0, n, acts| {
+        work(s, &job.progress, h + 1, |r0, n, acts| {
             let o = out.get_or_insert_with(|| {
                 let mut o = lock(&s.helper_out[h]);
-                o.epoch = job.epoch;
+                o.epoch = job.progress.epoch;
                 o.chunks.clear();
                 o.values.clear();
                 o
@@ -217,7 +233,7 @@ fn claim(home: &AtomicU64, from_front: bool) -> Option<(usize, usize)> {
 
 /// Thread `me`'s share of `job`: its own home, then what is left of the others'. `compute(r0,
 /// n, acts)` computes rows `r0..r0 + n`; each chunk is then counted as done.
-fn work(s: &Shared<'_, '_>, job: &Job<'_>, me: usize, mut compute: impl FnMut(usize, usize, &QuantizedActs)) {
+fn work(s: &Shared<'_, '_>, job: &Progress, me: usize, mut compute: impl FnMut(usize, usize, &QuantizedActs)) {
     let n_homes = job.homes.len();
     for i in 0..n_homes {
         let home = (me + i) % n_homes;
@@ -236,7 +252,7 @@ impl Shared<'_, '_> {
     /// Starts the next epoch (a product, or the stop) and wakes parked helpers.
     fn publish(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        for (p, t) in self.helper_parked.iter().zip(&self.helper_threads) {
+        for (p, t) in self.helper_parked.iter().zip(self.helper_threads) {
             if p.load(Ordering::SeqCst) {
                 if let Some(t) = &*lock(t) {
                     t.unpark();
@@ -259,8 +275,8 @@ impl<'m> Team<'m, '_> {
         let k = Kernels::active();
         s.acts.write().unwrap_or_else(PoisonError::into_inner).quantize(k, vec_dot_type(w.ty), x, w.n_in);
         let epoch = s.epoch.load(Ordering::Relaxed) + 1;
-        let job = self.next_job(epoch, *w, k);
-        *lock(&s.job) = Some(job.clone());
+        let job = self.next_progress(epoch, w.n_out);
+        *lock(&s.job) = Some(Job { w: *w, k, progress: job.clone() });
         s.publish();
 
         self.own.resize(n_rows * w.n_out, 0.0);
@@ -291,30 +307,30 @@ impl<'m> Team<'m, '_> {
                 }
             }
         }
-        self.spare = lock(&s.job).take();
+        drop(job);
+        *self.spare = lock(&s.job).take().map(|j| j.progress);
     }
 
-    /// The job of product `epoch`, reusing the last one's allocation when no helper holds it.
-    fn next_job(&mut self, epoch: usize, w: QMatrix<'m>, k: Kernels) -> Arc<Job<'m>> {
+    /// The progress record of product `epoch`, reusing the last one's allocation when no
+    /// helper still holds it (always, once helpers have caught up).
+    fn next_progress(&mut self, epoch: usize, n_out: usize) -> Arc<Progress> {
         let n_threads = self.shared.helper_out.len() + 1;
-        let home = w.n_out.div_ceil(n_threads).div_ceil(ROWS_PER_TASK) * ROWS_PER_TASK;
-        let bounds = |i: usize| pack((i * home).min(w.n_out), ((i + 1) * home).min(w.n_out));
-        if let Some(job) = self.spare.as_mut().and_then(Arc::get_mut) {
-            job.epoch = epoch;
-            job.w = w;
-            job.k = k;
-            for (i, h) in job.homes.iter_mut().enumerate() {
-                *h.get_mut() = bounds(i);
-            }
-            *job.rows_done.get_mut() = 0;
-            if let Some(job) = self.spare.take() {
-                return job;
+        let home = n_out.div_ceil(n_threads).div_ceil(ROWS_PER_TASK) * ROWS_PER_TASK;
+        let bounds = |i: usize| pack((i * home).min(n_out), ((i + 1) * home).min(n_out));
+        if let Some(p) = self.spare.as_mut().and_then(Arc::get_mut) {
+            if p.homes.len() == n_threads {
+                p.epoch = epoch;
+                for (i, h) in p.homes.iter_mut().enumerate() {
+                    *h.get_mut() = bounds(i);
+                }
+                *p.rows_done.get_mut() = 0;
+                if let Some(p) = self.spare.take() {
+                    return p;
+                }
             }
         }
-        Arc::new(Job {
+        Arc::new(Progress {
             epoch,
-            w,
-            k,
             homes: (0..n_threads).map(|i| AtomicU64::new(bounds(i))).collect(),
             rows_done: AtomicUsize::new(0),
         })
