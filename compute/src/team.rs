@@ -10,8 +10,8 @@
 //! Work split: each thread owns one contiguous run of rows ("home") and claims it front to back
 //! in chunks of [`ROWS_PER_TASK`], so it streams its weights sequentially, which the hardware
 //! prefetcher follows (interleaved short runs measured at half the speed). A thread that runs
-//! out takes chunks from the back of the others' homes, so a preempted thread (another process,
-//! parallel tests) costs one chunk of waiting, not its whole share.
+//! out takes half of what is left of another's home, from the back, as one run, so a preempted
+//! thread (another process, parallel tests) costs at most one chunk of waiting.
 //!
 //! Every output value is computed by exactly one thread with the same kernel: results do not
 //! depend on the team size or on which thread took which chunk.
@@ -220,8 +220,9 @@ fn claim(home: &AtomicU64, from_front: bool) -> Option<(usize, usize)> {
             let n = ROWS_PER_TASK.min(back - front);
             (front, n, pack(front + n, back))
         } else {
-            // Back chunks keep the owner's chunk grid, so the owner's claims stay aligned.
-            let r0 = front.max((back - 1) / ROWS_PER_TASK * ROWS_PER_TASK);
+            // Half of what is left, as one run the thief streams sequentially (16-row steals
+            // from the back ran at half the speed); on the owner's 16-row grid.
+            let r0 = front.max((back - (back - front) / 2) / ROWS_PER_TASK * ROWS_PER_TASK);
             (r0, back - r0, pack(front, r0))
         };
         match home.compare_exchange_weak(v, new, Ordering::Relaxed, Ordering::Relaxed) {
@@ -427,6 +428,35 @@ mod tests {
                     assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "epoch {stale_epoch}");
                 }
             });
+        }
+    }
+
+    #[test]
+    fn owner_and_thieves_claim_every_row_once() {
+        // Goal: front claims (16 rows) and back claims (half of what is left) partition a home
+        // exactly, on the 16-row grid; method: every interleaving pattern of 8 claims, repeated.
+        for (start, end) in [(0, 1), (0, 16), (32, 200), (48, 49), (0, 577)] {
+            for pattern in 0u32..256 {
+                let home = AtomicU64::new(pack(start, end));
+                let mut got = Vec::new();
+                for i in 0.. {
+                    let from_front = pattern >> (i % 8) & 1 == 1;
+                    match claim(&home, from_front) {
+                        Some((r0, n)) => {
+                            assert!(n > 0 && (r0 % ROWS_PER_TASK == 0 || r0 == start), "{r0} {n}");
+                            got.push((r0, n));
+                        }
+                        None => break,
+                    }
+                }
+                got.sort();
+                let mut at = start;
+                for (r0, n) in got {
+                    assert_eq!(r0, at, "home {start}..{end}, pattern {pattern:b}");
+                    at += n;
+                }
+                assert_eq!(at, end, "home {start}..{end}, pattern {pattern:b}");
+            }
         }
     }
 }
