@@ -10,6 +10,7 @@ pub mod ops;
 pub mod quant;
 pub mod sampling;
 pub mod session;
+pub mod team;
 
 pub use error::{Error, Result};
 pub use hparams::{Arch, HParams};

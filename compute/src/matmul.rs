@@ -10,9 +10,9 @@ use gguf::GgmlType;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::quant::activation::{quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1};
+use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::quant::dequant::dequantize_row;
-use crate::quant::dot;
+use crate::quant::simd::Kernels;
 
 /// The activation format a weight type's dot product consumes (ggml's `vec_dot_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +86,13 @@ pub struct QuantizedActs {
 }
 
 impl QuantizedActs {
-    /// Quantizes `x` (`n_rows` rows of `n_in`) to `kind`.
-    pub fn quantize(&mut self, kind: VecDotType, x: &[f32], n_in: usize) {
+    /// Activation rows held.
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    /// Quantizes `x` (`n_rows` rows of `n_in`) to `kind` with kernels `k`.
+    pub fn quantize(&mut self, k: Kernels, kind: VecDotType, x: &[f32], n_in: usize) {
         self.kind = Some(kind);
         self.n_in = n_in;
         self.n_rows = x.len() / n_in;
@@ -99,21 +104,21 @@ impl QuantizedActs {
             VecDotType::Q8_0 => {
                 self.q8_0.clear();
                 for row in x.chunks_exact(n_in) {
-                    quantize_q8_0(row, &mut self.tmp0);
+                    k.quantize_q8_0(row, &mut self.tmp0);
                     self.q8_0.extend_from_slice(&self.tmp0);
                 }
             }
             VecDotType::Q8_1 => {
                 self.q8_1.clear();
                 for row in x.chunks_exact(n_in) {
-                    quantize_q8_1(row, &mut self.tmp1);
+                    k.quantize_q8_1(row, &mut self.tmp1);
                     self.q8_1.extend_from_slice(&self.tmp1);
                 }
             }
             VecDotType::Q8K => {
                 self.q8k.clear();
                 for row in x.chunks_exact(n_in) {
-                    quantize_q8_k(row, &mut self.tmpk);
+                    k.quantize_q8_k(row, &mut self.tmpk);
                     self.q8k.extend_from_slice(&self.tmpk);
                 }
             }
@@ -122,7 +127,7 @@ impl QuantizedActs {
 }
 
 /// Dot product of weight row `w` (type `ty`) with activation row `t` of `acts`.
-fn dot_row(ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, scratch: &mut Vec<f32>) -> f32 {
+fn dot_row(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, scratch: &mut Vec<f32>) -> f32 {
     // llama.cpp's repacked kernels take activation rows four at a time, the rest one by one.
     let in_group_of_four = t < acts.n_rows - acts.n_rows % 4;
     use GgmlType::*;
@@ -131,29 +136,29 @@ fn dot_row(ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, scratch: &mut
         Some(VecDotType::Q8_0) => {
             let a = &acts.q8_0[t * n / 32..(t + 1) * n / 32];
             match ty {
-                Q4_0 => dot::vec_dot_q4_0_q8_0(w, a),
-                Q5_0 => dot::vec_dot_q5_0_q8_0(w, a),
-                Q8_0 => dot::vec_dot_q8_0_q8_0(w, a),
-                IQ4_NL => dot::vec_dot_iq4_nl_q8_0(w, a),
+                Q4_0 => k.vec_dot_q4_0_q8_0(w, a),
+                Q5_0 => k.vec_dot_q5_0_q8_0(w, a),
+                Q8_0 => k.vec_dot_q8_0_q8_0(w, a),
+                IQ4_NL => k.vec_dot_iq4_nl_q8_0(w, a),
                 _ => unreachable!("{ty} is not multiplied with Q8_0"),
             }
         }
         Some(VecDotType::Q8_1) => {
             let a = &acts.q8_1[t * n / 32..(t + 1) * n / 32];
             match ty {
-                Q4_1 => dot::vec_dot_q4_1_q8_1(w, a),
-                Q5_1 => dot::vec_dot_q5_1_q8_1(w, a),
+                Q4_1 => k.vec_dot_q4_1_q8_1(w, a),
+                Q5_1 => k.vec_dot_q5_1_q8_1(w, a),
                 _ => unreachable!("{ty} is not multiplied with Q8_1"),
             }
         }
         Some(VecDotType::Q8K) => {
             let a = &acts.q8k[t * n / 256..(t + 1) * n / 256];
             match ty {
-                Q2_K => dot::vec_dot_q2_k_q8_k(w, a, in_group_of_four),
-                Q4_K => dot::vec_dot_q4_k_q8_k(w, a),
-                Q5_K => dot::vec_dot_q5_k_q8_k(w, a),
-                Q6_K => dot::vec_dot_q6_k_q8_k(w, a),
-                IQ1_S => dot::vec_dot_iq1_s_q8_k(w, a),
+                Q2_K => k.vec_dot_q2_k_q8_k(w, a, in_group_of_four),
+                Q4_K => k.vec_dot_q4_k_q8_k(w, a),
+                Q5_K => k.vec_dot_q5_k_q8_k(w, a),
+                Q6_K => k.vec_dot_q6_k_q8_k(w, a),
+                IQ1_S => k.vec_dot_iq1_s_q8_k(w, a),
                 _ => unreachable!("{ty} is not multiplied with Q8_K"),
             }
         }
@@ -170,7 +175,26 @@ fn dot_row(ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, scratch: &mut
 }
 
 /// Output rows handled per parallel task: large enough to amortise scheduling.
-const ROWS_PER_TASK: usize = 16;
+pub(crate) const ROWS_PER_TASK: usize = 16;
+
+/// Weight rows `r0..r0 + chunk.len() / n_rows` of `w` times every activation row of `acts`, into
+/// `chunk` laid out weight row by weight row (`chunk[i * n_rows + t]`).
+pub(crate) fn compute_rows(
+    k: Kernels,
+    w: &QMatrix<'_>,
+    acts: &QuantizedActs,
+    r0: usize,
+    chunk: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let rb = w.row_bytes();
+    let n_w = chunk.len() / acts.n_rows;
+    for (wr, o) in w.data[r0 * rb..(r0 + n_w) * rb].chunks_exact(rb).zip(chunk.chunks_exact_mut(acts.n_rows)) {
+        for (t, v) in o.iter_mut().enumerate() {
+            *v = dot_row(k, w.ty, wr, acts, t, scratch);
+        }
+    }
+}
 
 /// `out[t][r] = Σ_k w[r][k] · x[t][k]` for every activation row `t` of `x` (`n_rows × w.n_in`).
 /// `out` is `n_rows × w.n_out`; `tmp` is scratch reused between calls.
@@ -178,17 +202,10 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], out: &mut [f32], acts: &mut QuantizedA
     let n_rows = x.len() / w.n_in;
     assert_eq!(x.len(), n_rows * w.n_in, "activation length is not a multiple of the row length");
     assert_eq!(out.len(), n_rows * w.n_out, "output has the wrong length");
-    acts.quantize(vec_dot_type(w.ty), x, w.n_in);
+    let k = Kernels::active();
+    acts.quantize(k, vec_dot_type(w.ty), x, w.n_in);
     let acts = &*acts;
-    let compute = |r0: usize, chunk: &mut [f32]| {
-        let mut scratch = Vec::new();
-        for (i, o) in chunk.chunks_exact_mut(n_rows).enumerate() {
-            let wr = w.row(r0 + i);
-            for (t, v) in o.iter_mut().enumerate() {
-                *v = dot_row(w.ty, wr, acts, t, &mut scratch);
-            }
-        }
-    };
+    let compute = |r0: usize, chunk: &mut [f32]| compute_rows(k, w, acts, r0, chunk, &mut Vec::new());
     if n_rows == 1 {
         out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, chunk)| compute(c * ROWS_PER_TASK, chunk));
         return;
@@ -267,8 +284,8 @@ mod tests {
                 let w = random_row(ty, n, seed * 7919 + ty.id() as u64);
                 let x: Vec<f32> = bytes(n, seed).iter().map(|&b| (b as f32 - 128.0) / 37.0).collect();
                 let mut acts = QuantizedActs::default();
-                acts.quantize(vec_dot_type(ty), &x, n);
-                let got = dot_row(ty, &w, &acts, 0, &mut Vec::new()) as f64;
+                acts.quantize(Kernels::scalar(), vec_dot_type(ty), &x, n);
+                let got = dot_row(Kernels::scalar(), ty, &w, &acts, 0, &mut Vec::new()) as f64;
                 let mut wf = vec![0.0f32; n];
                 dequantize_row(ty, &w, &mut wf).unwrap();
                 let a = dequantized_acts(&acts, n);

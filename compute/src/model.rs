@@ -9,9 +9,10 @@ use gguf::{GgmlType, GgufFile};
 use crate::error::{Error, Result};
 use crate::hparams::{Arch, HParams};
 use crate::kv_cache::KvCache;
-use crate::matmul::{matmul, QMatrix, QuantizedActs};
+use crate::matmul::QMatrix;
 use crate::ops;
 use crate::quant::dequant::dequantize_row;
+use crate::team::{with_team, Team, TeamBuffers};
 
 /// A weight matrix located in the mapped file (bytes are borrowed at use).
 #[derive(Clone, Debug)]
@@ -223,6 +224,29 @@ impl Model {
         kv: &mut KvCache,
         s: &mut Scratch,
     ) -> Result<()> {
+        self.with_team(s, |team, s| self.forward_layers_on(team, layers, hidden, positions, kv, s))
+    }
+
+    /// Runs `f` on a team of `rayon::current_num_threads()` threads whose buffers come from `s`
+    /// (see `team`): one team can serve several calls, e.g. a whole decode step.
+    pub fn with_team<'m, R>(&'m self, s: &mut Scratch, f: impl FnOnce(&mut Team<'m, '_>, &mut Scratch) -> R) -> R {
+        // The team's buffers leave `s` for the call, so `f` can borrow both.
+        let mut bufs = std::mem::take(&mut s.team);
+        let res = with_team(rayon::current_num_threads(), &mut bufs, |team| f(team, s));
+        s.team = bufs;
+        res
+    }
+
+    /// [`Model::forward_layers`] on a running team.
+    pub fn forward_layers_on<'m>(
+        &'m self,
+        team: &mut Team<'m, '_>,
+        layers: Range<usize>,
+        hidden: &mut [f32],
+        positions: &[usize],
+        kv: &mut KvCache,
+        s: &mut Scratch,
+    ) -> Result<()> {
         let hp = &self.hp;
         let n_tok = positions.len();
         if hidden.len() != n_tok * hp.n_embd {
@@ -239,19 +263,21 @@ impl Model {
         }
         for il in layers {
             let lw = self.layer(il).ok_or(Error::NotLoaded("layer"))?;
-            self.forward_layer(il, lw, hidden, positions, kv, s)?;
+            self.forward_layer(il, lw, hidden, positions, kv, s, team)?;
         }
         Ok(())
     }
 
-    fn forward_layer(
-        &self,
+    #[allow(clippy::too_many_arguments)]
+    fn forward_layer<'m>(
+        &'m self,
         il: usize,
         lw: &LayerWeights,
         hidden: &mut [f32],
         positions: &[usize],
         kv: &mut KvCache,
         s: &mut Scratch,
+        team: &mut Team<'m, '_>,
     ) -> Result<()> {
         let hp = &self.hp;
         let (e, nq, nkv, ff) = (hp.n_embd, hp.n_embd_q(), hp.n_embd_kv(), hp.n_ff);
@@ -266,9 +292,9 @@ impl Model {
         s.q.resize(n_tok * nq, 0.0);
         s.k.resize(n_tok * nkv, 0.0);
         s.v.resize(n_tok * nkv, 0.0);
-        matmul(&self.matrix(&lw.wq), &s.xn, &mut s.q, &mut s.acts, &mut s.tmp);
-        matmul(&self.matrix(&lw.wk), &s.xn, &mut s.k, &mut s.acts, &mut s.tmp);
-        matmul(&self.matrix(&lw.wv), &s.xn, &mut s.v, &mut s.acts, &mut s.tmp);
+        team.matmul(&self.matrix(&lw.wq), &s.xn, &mut s.q);
+        team.matmul(&self.matrix(&lw.wk), &s.xn, &mut s.k);
+        team.matmul(&self.matrix(&lw.wv), &s.xn, &mut s.v);
         let dbg = self.debug_sums;
         debug_sum(dbg, "attn_norm", il, &s.xn);
         debug_sum(dbg, "Qcur", il, &s.q);
@@ -314,7 +340,7 @@ impl Model {
         ops::attention(hp, kv, li, &s.q, positions, &mut s.attn, &mut s.att_scratch);
         s.proj.resize(n_tok * e, 0.0);
         debug_sum(dbg, "kqv_out", il, &s.attn);
-        matmul(&self.matrix(&lw.wo), &s.attn, &mut s.proj, &mut s.acts, &mut s.tmp);
+        team.matmul(&self.matrix(&lw.wo), &s.attn, &mut s.proj);
         debug_sum(dbg, "attn_out", il, &s.proj);
         hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
         debug_sum(dbg, "ffn_inp", il, hidden);
@@ -325,14 +351,14 @@ impl Model {
         }
         s.gate.resize(n_tok * ff, 0.0);
         s.up.resize(n_tok * ff, 0.0);
-        matmul(&self.matrix(&lw.gate), &s.xn, &mut s.gate, &mut s.acts, &mut s.tmp);
-        matmul(&self.matrix(&lw.up), &s.xn, &mut s.up, &mut s.acts, &mut s.tmp);
+        team.matmul(&self.matrix(&lw.gate), &s.xn, &mut s.gate);
+        team.matmul(&self.matrix(&lw.up), &s.xn, &mut s.up);
         debug_sum(dbg, "ffn_norm", il, &s.xn);
         debug_sum(dbg, "ffn_gate", il, &s.gate);
         debug_sum(dbg, "ffn_up", il, &s.up);
         ops::swiglu(&mut s.gate, &s.up);
         debug_sum(dbg, "ffn_swiglu", il, &s.gate);
-        matmul(&self.matrix(&lw.down), &s.gate, &mut s.proj, &mut s.acts, &mut s.tmp);
+        team.matmul(&self.matrix(&lw.down), &s.gate, &mut s.proj);
         debug_sum(dbg, "ffn_out", il, &s.proj);
         hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
         debug_sum(dbg, "l_out", il, hidden);
@@ -341,6 +367,17 @@ impl Model {
 
     /// Final norm and output head for one hidden row: the logits over the vocabulary.
     pub fn logits(&self, hidden_row: &[f32], logits: &mut Vec<f32>, s: &mut Scratch) -> Result<()> {
+        self.with_team(s, |team, s| self.logits_on(team, hidden_row, logits, s))
+    }
+
+    /// [`Model::logits`] on a running team.
+    pub fn logits_on<'m>(
+        &'m self,
+        team: &mut Team<'m, '_>,
+        hidden_row: &[f32],
+        logits: &mut Vec<f32>,
+        s: &mut Scratch,
+    ) -> Result<()> {
         let (norm, out) = match (&self.output_norm, &self.output) {
             (Some(n), Some(o)) => (n, o),
             _ => return Err(Error::NotLoaded("output head")),
@@ -351,7 +388,7 @@ impl Model {
         s.xn.resize(self.hp.n_embd, 0.0);
         ops::rms_norm(hidden_row, norm, self.hp.rms_eps, &mut s.xn);
         logits.resize(out.n_out, 0.0);
-        matmul(&self.matrix(out), &s.xn, logits, &mut s.acts, &mut s.tmp);
+        team.matmul(&self.matrix(out), &s.xn, logits);
         Ok(())
     }
 
@@ -373,7 +410,6 @@ pub struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     rope: Vec<f32>,
-    tmp: Vec<f32>,
-    acts: QuantizedActs,
     att_scratch: ops::AttnScratch,
+    team: TeamBuffers,
 }

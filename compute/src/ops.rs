@@ -6,6 +6,7 @@ use half::f16;
 
 use crate::hparams::HParams;
 use crate::kv_cache::KvCache;
+use crate::quant::simd::Kernels;
 
 /// `out = x / sqrt(mean(x²) + eps) * w` (ggml `rms_norm` then `mul`; squares in f32, summed in f64).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -17,9 +18,15 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// `gate = silu(gate) * up` (ggml `swiglu`) with the active SIMD kernels ([`swiglu_ref`]'s bits).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    Kernels::active().swiglu(gate, up);
+}
+
 /// `gate = silu(gate) * up` (ggml `swiglu`), with ggml's AVX-512 exponential for whole groups
 /// of 16 and the C library's `expf` for the tail, as llama.cpp computes it on x86.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+/// The scalar reference of the SIMD kernels.
+pub fn swiglu_ref(gate: &mut [f32], up: &[f32]) {
     let n16 = gate.len() / 16 * 16;
     for (g, &u) in gate[..n16].iter_mut().zip(up) {
         let x = *g;
@@ -133,6 +140,20 @@ pub fn dot_f16_f32(k: &[f16], q: &[f32]) -> f32 {
     sum as f32
 }
 
+/// `acc[i] = f16(v[i]·s + acc[i])` with one rounding of the fused product (scalar reference).
+pub fn f16_axpy_ref(acc: &mut [f16], v: &[f16], s: f32) {
+    for (a, vd) in acc.iter_mut().zip(v) {
+        *a = f16::from_f32(vd.to_f32().mul_add(s, a.to_f32()));
+    }
+}
+
+/// `acc[i] = f16(acc[i]·s)` (scalar reference).
+pub fn f16_scale_ref(acc: &mut [f16], s: f32) {
+    for a in acc.iter_mut() {
+        *a = f16::from_f32(a.to_f32() * s);
+    }
+}
+
 /// Buffers for attention, reused between calls.
 #[derive(Default)]
 pub struct AttnScratch {
@@ -168,6 +189,7 @@ pub fn attention(
     let group = hp.n_head / hp.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
     let tiled = positions.len() >= TILED_MIN_ROWS;
+    let k = Kernels::active();
     for (t, &pos) in positions.iter().enumerate() {
         let len = pos + 1;
         let keys = kv.keys(li, len);
@@ -183,7 +205,7 @@ pub fn attention(
             } else {
                 s.q.extend(qh.iter().map(|&v| f16::from_f32(v).to_f32()));
             }
-            let dot = |j: usize| -> f32 { dot_f16_f32(&keys[head(j)], &s.q) * scale };
+            let dot = |j: usize| -> f32 { k.dot_f16_f32(&keys[head(j)], &s.q) * scale };
             if tiled {
                 s.scores.clear();
                 s.scores.extend((0..len).map(dot));
@@ -214,15 +236,11 @@ pub fn attention(
                 if sc > m {
                     ms = (m - sc).exp();
                     m = sc;
-                    for a in s.acc16.iter_mut() {
-                        *a = f16::from_f32(a.to_f32() * ms);
-                    }
+                    k.f16_scale(&mut s.acc16, ms);
                 } else {
                     vs = (sc - m).exp();
                 }
-                for (a, vd) in s.acc16.iter_mut().zip(&values[head(j)]) {
-                    *a = f16::from_f32(vd.to_f32().mul_add(vs, a.to_f32()));
-                }
+                k.f16_axpy(&mut s.acc16, &values[head(j)], vs);
                 sum = sum.mul_add(ms, vs);
             }
             let inv = 1.0 / sum;

@@ -100,10 +100,14 @@ impl Sampler {
         let c = &mut self.cands;
         c.clear();
         c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.cfg.top_k > 0 {
-            c.truncate(self.cfg.top_k.max(1));
+        // A total order (logit descending, then id), so selecting the top k before sorting
+        // yields exactly the prefix a full sort would: the vocabulary is not sorted per token.
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if self.cfg.top_k > 0 && self.cfg.top_k < c.len() {
+            c.select_nth_unstable_by(self.cfg.top_k - 1, order);
+            c.truncate(self.cfg.top_k);
         }
+        c.sort_unstable_by(order);
         softmax(c);
         if self.cfg.top_p < 1.0 {
             let mut cum = 0.0;

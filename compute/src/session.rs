@@ -58,20 +58,19 @@ impl<'m> Session<'m> {
         }
         let e = self.model.hp.n_embd;
         let n_layer = self.model.hp.n_layer;
-        for chunk in tokens.chunks(PREFILL_CHUNK) {
-            self.model.embed(chunk, &mut self.hidden)?;
-            self.positions.clear();
-            self.positions.extend(self.n_past..self.n_past + chunk.len());
-            self.model.forward_layers(
-                0..n_layer,
-                &mut self.hidden,
-                &self.positions,
-                &mut self.kv,
-                &mut self.scratch,
-            )?;
-            self.n_past += chunk.len();
-        }
-        let last = &self.hidden[self.hidden.len() - e..];
-        self.model.logits(last, logits, &mut self.scratch)
+        let (model, kv, hidden, positions, n_past) =
+            (self.model, &mut self.kv, &mut self.hidden, &mut self.positions, &mut self.n_past);
+        // One team for the whole call: its helpers start once per step, not once per part.
+        model.with_team(&mut self.scratch, |team, scratch| {
+            for chunk in tokens.chunks(PREFILL_CHUNK) {
+                model.embed(chunk, hidden)?;
+                positions.clear();
+                positions.extend(*n_past..*n_past + chunk.len());
+                model.forward_layers_on(team, 0..n_layer, hidden, positions, kv, scratch)?;
+                *n_past += chunk.len();
+            }
+            let last = &hidden[hidden.len() - e..];
+            model.logits_on(team, last, logits, scratch)
+        })
     }
 }

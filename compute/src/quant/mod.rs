@@ -3,4 +3,5 @@
 pub mod activation;
 pub mod dequant;
 pub mod dot;
+pub mod simd;
 pub mod tables;

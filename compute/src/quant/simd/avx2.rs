@@ -1,0 +1,777 @@
+//! AVX2 + FMA + F16C kernels, bit-identical to the scalar references in `quant::dot` and
+//! `quant::activation` (see the parent module).
+//!
+//! The float work mirrors the reference operation for operation: eight-lane accumulators are one
+//! `__m256` updated with `vfmadd` exactly where the reference calls `mul_add`, sequential scalar
+//! chains stay scalar (`f32::mul_add` compiles to `vfmadd` under these target features), and
+//! horizontal float sums keep the reference's pairing. Integer sums are exact, so they are
+//! computed in whatever lane order suits the instructions; every 16-bit intermediate is bounded
+//! well below `i16::MAX` (noted at each `maddubs`).
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use crate::quant::dot::scale_min_k4;
+use crate::quant::tables::{IQ1S_GRID, KVALUES_IQ4NL};
+
+/// `IQ1S_DELTA` of the reference kernel.
+const IQ1S_DELTA: f32 = 0.125;
+
+/// `N` bytes of `b` from `at` as an array (the block layouts fix both, so this never fails).
+#[inline(always)]
+pub(super) fn sub<const N: usize>(b: &[u8], at: usize) -> &[u8; N] {
+    b[at..at + N].try_into().expect("sub-array within its block")
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load16(b: &[u8; 16]) -> __m128i {
+    // SAFETY: reads exactly the 16 bytes of `b`; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load32(b: &[u8; 32]) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of `b`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load32_i8(b: &[i8; 32]) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of `b`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load8_f32(x: &[f32]) -> __m256 {
+    let x: &[f32; 8] = x.try_into().expect("eight floats");
+    // SAFETY: reads exactly the 8 floats of `x`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store32_i8(out: &mut [i8], v: __m256i) {
+    let out: &mut [i8; 32] = out.try_into().expect("32 bytes");
+    // SAFETY: writes exactly the 32 bytes of `out`; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) }
+}
+
+/// The four little-endian f16 at `b[at..at + 8]`, widened exactly.
+///
+/// A plain 8-byte load: converting a lone `u16` lets LLVM emit a `vpinsrw` into whatever
+/// register it last zeroed, which can be a loop-carried accumulator, and that false dependency
+/// serialised whole dot products.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16x4(b: &[u8], at: usize) -> __m128 {
+    let x: &[u8; 8] = sub(b, at);
+    // SAFETY: reads exactly the 8 bytes of `x`; `loadl` has no alignment requirement.
+    _mm_cvtph_ps(unsafe { _mm_loadl_epi64(x.as_ptr().cast()) })
+}
+
+/// Lane `K` of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn lane<const K: i32>(v: __m128) -> f32 {
+    _mm_cvtss_f32(_mm_permute_ps::<K>(v))
+}
+
+/// The f16 at `b[at..at + 2]`, widened exactly; `b` must extend 6 bytes further.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
+    lane::<0>(f16x4(b, at))
+}
+
+/// 16 bytes of packed nibbles as 32 bytes: the low nibbles (elements 0..16), then the high ones.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn nibbles(q: &[u8; 16]) -> __m256i {
+    let x = load16(q);
+    let m = _mm_set1_epi8(0x0F);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m))
+}
+
+/// Byte `i` is 0xFF where bit `i` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn bits_to_bytes(bits: u32) -> __m256i {
+    // Byte i takes byte i / 8 of `bits`, then tests bit i % 8 of it.
+    let spread = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask)
+}
+
+/// Lane `l` (i32) = Σ u[k]·s[k] over bytes `k` in `4l..4l+4`, `u` unsigned and `s` signed.
+/// Each 16-bit pair sum must stay within i16 (callers bound |u| and |s|).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// As [`mul_sum_u8_i8`] for two signed operands (|x| ≤ 128, |y| ≤ 127: pairs ≤ 32512).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum_i8_i8(x: __m256i, y: __m256i) -> __m256i {
+    mul_sum_u8_i8(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x))
+}
+
+/// The reference's `hsum8`: (lanes 4..8 + lanes 0..4), then (r0 + r2) + (r1 + r3).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum8(v: __m256) -> f32 {
+    let r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    let s = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Sum of the eight i32 lanes (exact, any order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum_i32(v: __m256i) -> i32 {
+    let x = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
+    let x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0b01_00_11_10));
+    _mm_cvtsi128_si32(_mm_add_epi32(x, _mm_shuffle_epi32(x, 0b10_11_00_01)))
+}
+
+/// The lane sums of four vectors: `[Σv0, Σv1, Σv2, Σv3]` (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum_i32_x4(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> __m128i {
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+}
+
+/// The f16 scales at the start of four consecutive `stride`-byte blocks of `w4`, widened.
+/// Gathered into a fresh register, so no false dependency reaches the accumulators (see
+/// [`f16x4`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn scales4(w4: &[u8], stride: usize) -> __m128 {
+    let h = |i: usize| i16::from_le_bytes([w4[stride * i], w4[stride * i + 1]]);
+    _mm_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), 0, 0, 0, 0))
+}
+
+/// `acc = fma(sᵢ, dᵢ·yᵢ.d, acc)` for four 18-byte nibble blocks in order, `s` their integer sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn fuse4_nibble_blocks(acc: f32, s: __m128i, w4: &[u8], a4: &[BlockQ8_0]) -> f32 {
+    let s = _mm_cvtepi32_ps(s);
+    let dy = _mm_mul_ps(scales4(w4, 18), _mm_setr_ps(a4[0].d, a4[1].d, a4[2].d, a4[3].d));
+    let acc = lane::<0>(s).mul_add(lane::<0>(dy), acc);
+    let acc = lane::<1>(s).mul_add(lane::<1>(dy), acc);
+    let acc = lane::<2>(s).mul_add(lane::<2>(dy), acc);
+    lane::<3>(s).mul_add(lane::<3>(dy), acc)
+}
+
+/// As [`fuse4_nibble_blocks`] for the last one to three blocks of a row (`s` has zeros for the
+/// missing ones). Their scales are gathered into a fresh register too: a lone scale conversion
+/// picks up a false dependency on the accumulator.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn fuse_tail_nibble_blocks(acc: f32, s: __m128i, w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let h = |i: usize| if i < a.len() { i16::from_le_bytes([w[18 * i], w[18 * i + 1]]) } else { 0 };
+    let yd = |i: usize| a.get(i).map_or(0.0, |y| y.d);
+    let s = _mm_cvtepi32_ps(s);
+    let dy = _mm_mul_ps(
+        _mm_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), 0, 0, 0, 0, 0)),
+        _mm_setr_ps(yd(0), yd(1), yd(2), 0.0),
+    );
+    let mut acc = lane::<0>(s).mul_add(lane::<0>(dy), acc);
+    if a.len() > 1 {
+        acc = lane::<1>(s).mul_add(lane::<1>(dy), acc);
+    }
+    if a.len() > 2 {
+        acc = lane::<2>(s).mul_add(lane::<2>(dy), acc);
+    }
+    acc
+}
+
+/// One 18-byte nibble block (Q4_0 / IQ4_NL) times its Q8_0 block, as i32 lanes; `table` maps
+/// each nibble to its signed value (|value| ≤ 127) in both 128-bit halves.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibble_block_lanes(blk: &[u8], y: &BlockQ8_0, table: __m256i) -> __m256i {
+    let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
+    mul_sum_i8_i8(v, load32_i8(&y.qs))
+}
+
+/// The reference's `nibble_blocks_dot`: one exact integer sum per block, fused in block order
+/// into a single scalar accumulator. Block sums are reduced four at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
+    let table = _mm256_broadcastsi128_si256(table);
+    let n = (w.len() / 18).min(a.len());
+    let (w, a) = (&w[..n * 18], &a[..n]);
+    let mut acc = 0.0f32;
+    let mut w4 = w.chunks_exact(72);
+    let mut a4 = a.chunks_exact(4);
+    for (w4, a4) in w4.by_ref().zip(a4.by_ref()) {
+        let l = |i: usize| nibble_block_lanes(&w4[18 * i..18 * i + 18], &a4[i], table);
+        acc = fuse4_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), l(3)), w4, a4);
+    }
+    let (wr, ar) = (w4.remainder(), a4.remainder());
+    if !ar.is_empty() {
+        let z = _mm256_setzero_si256();
+        let l = |i: usize| if i < ar.len() { nibble_block_lanes(&wr[18 * i..18 * i + 18], &ar[i], table) } else { z };
+        acc = fuse_tail_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), z), wr, ar);
+    }
+    acc
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    nibble_blocks_dot(w, a, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let table = KVALUES_IQ4NL.map(|v| v as u8);
+    nibble_blocks_dot(w, a, load16(&table))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0.0f32;
+    for (blk, y) in w.chunks_exact(20).zip(a) {
+        let dm = f16x4(blk, 0);
+        let (d, m) = (lane::<0>(dm), lane::<1>(dm));
+        summs = m.mul_add(y.s, summs);
+        // Nibbles ≤ 15, activations ≤ 127 in magnitude: pair sums ≤ 3810.
+        let lanes = mul_sum_u8_i8(nibbles(sub(blk, 4)), load32_i8(&y.qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc);
+    }
+    hsum8(acc) + summs
+}
+
+/// One Q5_0 block times its Q8_0 block as i32 lanes (values in -16..16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_block_lanes(blk: &[u8], y: &BlockQ8_0) -> __m256i {
+    let qh = u32::from_le_bytes(*sub(blk, 2));
+    let high = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+    let x = _mm256_sub_epi8(_mm256_or_si256(nibbles(sub(blk, 6)), high), _mm256_set1_epi8(16));
+    mul_sum_i8_i8(x, load32_i8(&y.qs))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q5_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let n = (w.len() / 22).min(a.len());
+    let (w, a) = (&w[..n * 22], &a[..n]);
+    let mut sum = 0.0f32;
+    let mut w4 = w.chunks_exact(88);
+    let mut a4 = a.chunks_exact(4);
+    for (w4, a4) in w4.by_ref().zip(a4.by_ref()) {
+        let l = |i: usize| q5_0_block_lanes(&w4[22 * i..22 * i + 22], &a4[i]);
+        let s = _mm_cvtepi32_ps(hsum_i32_x4(l(0), l(1), l(2), l(3)));
+        let t = _mm_mul_ps(_mm_mul_ps(s, scales4(w4, 22)), _mm_setr_ps(a4[0].d, a4[1].d, a4[2].d, a4[3].d));
+        sum += lane::<0>(t);
+        sum += lane::<1>(t);
+        sum += lane::<2>(t);
+        sum += lane::<3>(t);
+    }
+    for (blk, y) in w4.remainder().chunks_exact(22).zip(a4.remainder()) {
+        sum += hsum_i32(q5_0_block_lanes(blk, y)) as f32 * f16_at(blk, 0) * y.d;
+    }
+    sum
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (blk, y) in w.chunks_exact(34).zip(a) {
+        let d = f16_at(blk, 0);
+        let lanes = mul_sum_i8_i8(load32(sub(blk, 2)), load32_i8(&y.qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc);
+    }
+    hsum8(acc)
+}
+
+/// 16 i16 lanes: `lo` in the low eight, `hi` in the high eight.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn split_i16(lo: i16, hi: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q2_k_q8_k(w: &[u8], a: &[BlockQ8K], halves: bool) -> f32 {
+    let mut acc = 0.0f32;
+    let mut acc_min = 0.0f32;
+    for (blk, y) in w.chunks_exact(84).zip(a) {
+        let sc = sub::<16>(blk, 0);
+        // The scales are the block's last four bytes.
+        let s = f16x4(blk, 76);
+        let d = lane::<2>(s) * y.d;
+        let dmin = lane::<3>(s) * y.d;
+        // Minimum terms: 4-bit mins × 16-element sums, sub-blocks 0..8 in the low lanes.
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(load16(sc), 4), _mm_set1_epi8(0x0F)));
+        // SAFETY: reads the 32 bytes of `bsums` ([i16; 16]); `loadu` has no alignment requirement.
+        let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+        let m = _mm256_madd_epi16(mins, bsums);
+        let imin = [
+            hsum_i32(_mm256_and_si256(m, _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0))),
+            hsum_i32(_mm256_and_si256(m, _mm256_setr_epi32(0, 0, 0, 0, -1, -1, -1, -1))),
+        ];
+        let mut isum = [0i32; 2];
+        for (k, isum) in isum.iter_mut().enumerate() {
+            let q2 = load32(sub(blk, 16 + 32 * k));
+            let mut s = _mm256_setzero_si256();
+            for j in 0..4 {
+                let q = _mm256_and_si256(_mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * j as i32)), _mm256_set1_epi8(3));
+                let q8 = load32_i8(sub_i8(&y.qs, k * 128 + j * 32));
+                // 2-bit values × |activations| ≤ 127: pair sums ≤ 762.
+                let p = _mm256_maddubs_epi16(q, q8);
+                let is = k * 8 + j * 2;
+                s = _mm256_add_epi32(
+                    s,
+                    _mm256_madd_epi16(p, split_i16((sc[is] & 0x0F) as i16, (sc[is + 1] & 0x0F) as i16)),
+                );
+            }
+            *isum = hsum_i32(s);
+        }
+        if halves {
+            for k in 0..2 {
+                acc = (isum[k] as f32).mul_add(d, acc);
+                acc_min = (imin[k] as f32).mul_add(dmin, acc_min);
+            }
+        } else {
+            acc = ((isum[0] + isum[1]) as f32).mul_add(d, acc);
+            acc_min = ((imin[0] + imin[1]) as f32).mul_add(dmin, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
+/// `N` activations of a Q8_K block from `at`.
+#[inline(always)]
+pub(super) fn sub_i8<const N: usize>(b: &[i8], at: usize) -> &[i8; N] {
+    b[at..at + N].try_into().expect("sub-array within its block")
+}
+
+/// The integer sums of one Q4_K/Q5_K super-block: (Σ scale·dot, Σ min·bsums).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k_block_sums(head: &[u8], qh: Option<&[u8; 32]>, qs: &[u8], y: &BlockQ8K) -> (i32, i32) {
+    let scales = &head[4..16];
+    let low = _mm256_set1_epi8(0x0F);
+    let high = qh.map(|h| load32(h));
+    let mut acc = _mm256_setzero_si256();
+    let mut summ = 0i32;
+    for p in 0..4 {
+        let q = load32(sub(qs, 32 * p));
+        for (h, nib) in
+            [_mm256_and_si256(q, low), _mm256_and_si256(_mm256_srli_epi16(q, 4), low)].into_iter().enumerate()
+        {
+            let j = 2 * p + h;
+            let (sc, m) = scale_min_k4(j, scales);
+            let x = match high {
+                // Bit j of each qh byte becomes 16 (the shift cannot carry across bytes after the mask).
+                Some(qh) => _mm256_or_si256(
+                    nib,
+                    _mm256_slli_epi16(
+                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1)),
+                        4,
+                    ),
+                ),
+                None => nib,
+            };
+            // 5-bit values × |activations| ≤ 127: pair sums ≤ 7874.
+            let p16 = _mm256_maddubs_epi16(x, load32_i8(sub_i8(&y.qs, 32 * j)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(sc as i16)));
+            summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+    }
+    (hsum_i32(acc), summ)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    w.chunks_exact(144)
+        .zip(a)
+        .map(|(blk, y)| {
+            let (sumi, summ) = k_block_sums(&blk[..16], None, &blk[16..144], y);
+            let d = y.d * f16_at(blk, 0);
+            let dmin = y.d * f16_at(blk, 2);
+            d * sumi as f32 - dmin * summ as f32
+        })
+        .sum()
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q5_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    w.chunks_exact(176)
+        .zip(a)
+        .map(|(blk, y)| {
+            let (sumi, summ) = k_block_sums(&blk[..16], Some(sub(blk, 16)), &blk[48..176], y);
+            let d = y.d * f16_at(blk, 0);
+            let dmin = y.d * f16_at(blk, 2);
+            d * sumi as f32 - dmin * summ as f32
+        })
+        .sum()
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+    let shl4 = |v: __m256i| _mm256_slli_epi16(v, 4);
+    for (blk, y) in w.chunks_exact(210).zip(a) {
+        let scales = sub::<16>(blk, 192);
+        // The scale is the block's last two bytes.
+        let d = lane::<3>(f16x4(blk, 202)) * y.d;
+        let mut acc = _mm256_setzero_si256();
+        for half in 0..2 {
+            let ql0 = load32(sub(blk, half * 64));
+            let ql1 = load32(sub(blk, half * 64 + 32));
+            let qh = load32(sub(blk, 128 + half * 32));
+            let qh_at = |s: i32| _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s)), two);
+            // The four 32-element runs of this half, as unsigned 6-bit values.
+            let runs = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low), shl4(qh_at(0))),
+                _mm256_or_si256(_mm256_and_si256(ql1, low), shl4(qh_at(2))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), shl4(qh_at(4))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), shl4(qh_at(6))),
+            ];
+            for (r, v) in runs.into_iter().enumerate() {
+                let x = _mm256_sub_epi8(v, _mm256_set1_epi8(32));
+                let e = half * 128 + r * 32;
+                // |values| ≤ 32: pair sums ≤ 8128.
+                let p = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, e)), x));
+                let j = e / 16;
+                let s = split_i16(scales[j] as i8 as i16, scales[j + 1] as i8 as i16);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+            }
+        }
+        sum += d * hsum_i32(acc) as f32;
+    }
+    sum
+}
+
+/// The 32 grid values (-1, 0, 1) of IQ1_S sub-block `ib` and its scale and delta sign.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn iq1_s_sub_block(blk: &[u8], ib: usize) -> (__m256i, i32, i32) {
+    let qh = u16::from_le_bytes(*sub(blk, 34 + 2 * ib)) as usize;
+    let qs = sub::<4>(blk, 2 + 4 * ib);
+    let g = |l: usize| IQ1S_GRID[qs[l] as usize | ((qh >> (3 * l)) & 7) << 8] as i64;
+    let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
+    let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
+    let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
+    (grid, ls, delta)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut acc1 = 0.0f32;
+    let ones = _mm256_set1_epi8(1);
+    for (blk, y) in w.chunks_exact(50).zip(a) {
+        let mut lanes = _mm256_setzero_si256();
+        let mut sumi1 = 0i32;
+        for ib in 0..8 {
+            let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+            // Grid values are -1, 0 or 1, so `sign` is the exact product; pair sums ≤ 254.
+            let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
+            let pairs = _mm256_maddubs_epi16(ones, prod);
+            lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls as i16)));
+            sumi1 += ls * delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);
+        }
+        let d = y.d * f16_at(blk, 0);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
+        acc1 = d.mul_add(sumi1 as f32, acc1);
+    }
+    IQ1S_DELTA.mul_add(acc1, hsum8(acc))
+}
+
+/// `max |x|` over a multiple of 8 floats, ignoring NaNs as `f32::max` does.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn abs_max(x: &[f32]) -> f32 {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for c in x.chunks_exact(8) {
+        // `max(a, m)` returns `m` when `a` is NaN.
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, load8_f32(c)), m);
+    }
+    let m = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+}
+
+/// Rounds half to even and converts, as `round_ties_even() as i32` does for values in range;
+/// NaN becomes 0 as in Rust's saturating cast (the only out-of-range input that can occur).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_i32(p: __m256) -> __m256i {
+    let r = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(p));
+    _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(p, p)), r)
+}
+
+/// Four vectors of eight i32 (each within i8) as 32 bytes in element order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_i8(v: [__m256i; 4]) -> __m256i {
+    let b = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    // The packs interleave 128-bit halves; put the 4-byte groups back in order.
+    _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+fn f16_round(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// One 32-element chunk scaled by `id` and rounded: the i32 values, for Q8_0/Q8_1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_chunk(chunk: &[f32], id: f32) -> [__m256i; 4] {
+    let id = _mm256_set1_ps(id);
+    let r = |i: usize| round_i32(_mm256_mul_ps(load8_f32(&chunk[8 * i..8 * i + 8]), id));
+    [r(0), r(1), r(2), r(3)]
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_0(x: &[f32], out: &mut Vec<BlockQ8_0>) {
+    out.clear();
+    for chunk in x.chunks_exact(32) {
+        let m = abs_max(chunk);
+        let d = m / 127.0;
+        let id = if m != 0.0 { 127.0 / m } else { 0.0 };
+        let mut b = BlockQ8_0 { d: f16_round(d), qs: [0; 32] };
+        store32_i8(&mut b.qs, pack_i8(round_chunk(chunk, id)));
+        out.push(b);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_1(x: &[f32], out: &mut Vec<BlockQ8_1>) {
+    out.clear();
+    for chunk in x.chunks_exact(32) {
+        let m = abs_max(chunk);
+        let d = m / 127.0;
+        let id = if m != 0.0 { 127.0 / m } else { 0.0 };
+        let mut b = BlockQ8_1 { d: f16_round(d), s: 0.0, qs: [0; 32] };
+        let v = round_chunk(chunk, id);
+        let sum = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3])));
+        store32_i8(&mut b.qs, pack_i8(v));
+        b.s = f16_round(d * sum as f32);
+        out.push(b);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_k(x: &[f32], out: &mut Vec<BlockQ8K>) {
+    out.clear();
+    let sign = _mm256_set1_ps(-0.0);
+    for chunk in x.chunks_exact(256) {
+        let mut b = BlockQ8K::default();
+        let amax = abs_max(chunk);
+        if amax != 0.0 {
+            // The reference keeps the first element of largest magnitude, with its sign.
+            let target = _mm256_set1_ps(amax);
+            let mut max = 0.0f32;
+            for (i, c) in chunk.chunks_exact(8).enumerate() {
+                let hit = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, load8_f32(c)), target);
+                let mask = _mm256_movemask_ps(hit);
+                if mask != 0 {
+                    max = chunk[8 * i + mask.trailing_zeros() as usize];
+                    break;
+                }
+            }
+            let iscale = -127.0 / max;
+            let s = _mm256_set1_ps(iscale);
+            let cap = _mm256_set1_epi32(127);
+            for (g, c) in chunk.chunks_exact(32).enumerate() {
+                let r = |i: usize| {
+                    let p = _mm256_mul_ps(s, load8_f32(&c[8 * i..8 * i + 8]));
+                    // Clamp first, then zero NaNs, as `round_even(..).min(127)` does.
+                    let q = _mm256_min_epi32(
+                        _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(p)),
+                        cap,
+                    );
+                    _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(p, p)), q)
+                };
+                let v = [r(0), r(1), r(2), r(3)];
+                b.bsums[2 * g] = hsum_i32(_mm256_add_epi32(v[0], v[1])) as i16;
+                b.bsums[2 * g + 1] = hsum_i32(_mm256_add_epi32(v[2], v[3])) as i16;
+                store32_i8(&mut b.qs[32 * g..32 * g + 32], pack_i8(v));
+            }
+            b.d = 1.0 / iscale;
+        }
+        out.push(b);
+    }
+}
+
+/// Eight f16 from `x[at..at + 8]`, as raw bits.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load8_f16(x: &[f16], at: usize) -> __m128i {
+    let x: &[f16; 8] = x[at..at + 8].try_into().expect("eight halves");
+    // SAFETY: reads the 16 bytes of `x` (`f16` is a transparent `u16`); no alignment needed.
+    unsafe { _mm_loadu_si128(x.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store8_f16(out: &mut [f16], at: usize, v: __m128i) {
+    let out: &mut [f16; 8] = (&mut out[at..at + 8]).try_into().expect("eight halves");
+    // SAFETY: writes the 16 bytes of `out`, and any bit pattern is a valid `f16`.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), v) }
+}
+
+/// `ops::dot_f16_f32`: ggml's 4 × 16-lane accumulators, here as eight 8-lane halves
+/// (`acc[2j + h]` holds lanes `8h..8h + 8` of accumulator `j`), reduced in the same tree.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16_f32(k: &[f16], q: &[f32]) -> f32 {
+    let np = k.len() / 64 * 64;
+    let mut sum = 0.0f64;
+    if np > 0 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (kc, qc) in k[..np].chunks_exact(64).zip(q[..np].chunks_exact(64)) {
+            for (i, a) in acc.iter_mut().enumerate() {
+                let kv = _mm256_cvtph_ps(load8_f16(kc, 8 * i));
+                *a = _mm256_fmadd_ps(kv, load8_f32(&qc[8 * i..8 * i + 8]), *a);
+            }
+        }
+        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+        let h8 = _mm256_add_ps(hi, lo);
+        let h4 = _mm_add_ps(_mm256_extractf128_ps(h8, 1), _mm256_castps256_ps128(h8));
+        let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+        sum = _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2))) as f64;
+    }
+    for (kv, qv) in k[np..].iter().zip(&q[np..]) {
+        sum += (kv.to_f32() * qv) as f64;
+    }
+    sum as f32
+}
+
+/// `acc[i] = f16(v[i]·s + acc[i])`, fused (`ops::f16_axpy_ref`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_axpy(acc: &mut [f16], v: &[f16], s: f32) {
+    let n = acc.len().min(v.len()) / 8 * 8;
+    let sv = _mm256_set1_ps(s);
+    for i in (0..n).step_by(8) {
+        let r = _mm256_fmadd_ps(_mm256_cvtph_ps(load8_f16(v, i)), sv, _mm256_cvtph_ps(load8_f16(acc, i)));
+        store8_f16(acc, i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(r));
+    }
+    for (a, x) in acc[n..].iter_mut().zip(&v[n..]) {
+        *a = f16::from_f32(x.to_f32().mul_add(s, a.to_f32()));
+    }
+}
+
+/// `acc[i] = f16(acc[i]·s)` (`ops::f16_scale_ref`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_scale(acc: &mut [f16], s: f32) {
+    let n = acc.len() / 8 * 8;
+    let sv = _mm256_set1_ps(s);
+    for i in (0..n).step_by(8) {
+        let r = _mm256_mul_ps(_mm256_cvtph_ps(load8_f16(acc, i)), sv);
+        store8_f16(acc, i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(r));
+    }
+    for a in acc[n..].iter_mut() {
+        *a = f16::from_f32(a.to_f32() * s);
+    }
+}
+
+/// `ops::expf_ggml` on eight lanes: the same fused multiply-adds, and `j · 2ⁿ` rounded once
+/// through f64 exactly as the reference does it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn expf_ggml_x8(x: __m256) -> __m256 {
+    let c = |b: u32| _mm256_set1_ps(f32::from_bits(b));
+    let r = c(0x4b40_0000);
+    let n = _mm256_sub_ps(_mm256_fmadd_ps(x, c(0x3fb8_aa3b), r), r);
+    let neg_n = _mm256_xor_ps(n, _mm256_set1_ps(-0.0));
+    let b = _mm256_fmadd_ps(neg_n, c(0x35bf_be8e), _mm256_fmadd_ps(neg_n, c(0x3f31_7200), x));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm256_fmadd_ps(c(0x3f7f_fff6), b, _mm256_set1_ps(1.0)),
+    );
+    // 2ⁿ as f64 bits; lanes with |n| > 192 are replaced below, NaN lanes stay NaN through `j`.
+    let ni = _mm256_cvtps_epi32(n);
+    let pow2 = |i: __m128i| {
+        _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(i), _mm256_set1_epi64x(1023)), 52))
+    };
+    let lo = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(j)), pow2(_mm256_castsi256_si128(ni)));
+    let hi = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(j, 1)), pow2(_mm256_extracti128_si256(ni, 1)));
+    let res = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    let big = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+    let low = _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps());
+    let special = _mm256_blendv_ps(_mm256_set1_ps(f32::INFINITY), _mm256_setzero_ps(), low);
+    _mm256_blendv_ps(res, special, big)
+}
+
+/// `ops::swiglu_ref`: ggml's vector exponential for whole groups of 16, libm's for the tail.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n16 = gate.len().min(up.len()) / 16 * 16;
+    let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
+    for (g, u) in gate[..n16].chunks_exact_mut(8).zip(up[..n16].chunks_exact(8)) {
+        let x = load8_f32(g);
+        let e = expf_ggml_x8(_mm256_xor_ps(x, sign));
+        let r = _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), load8_f32(u));
+        let g: &mut [f32; 8] = g.try_into().expect("eight floats");
+        // SAFETY: writes the 8 floats of `g`; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_ps(g.as_mut_ptr(), r) }
+    }
+    for (g, &u) in gate[n16..].iter_mut().zip(&up[n16..]) {
+        let x = *g;
+        *g = (x / (1.0 + (-x).exp())) * u;
+    }
+}

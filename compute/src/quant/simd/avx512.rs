@@ -1,0 +1,228 @@
+//! AVX-512 (F/BW/VL + VNNI) kernels: the AVX2 kernels with `vpdpbusd`, which multiplies
+//! unsigned by signed bytes and adds each group of four into an i32 lane in one instruction.
+//! Those groups of four are exactly the reference's integer lanes, so the float work, and the
+//! result bits, are the same as in `avx2` and the scalar reference.
+//!
+//! Types where VNNI does not pay (or no test model uses them yet) reuse the AVX2 kernels: every
+//! CPU with this set also has AVX2, FMA and F16C (`Isa::is_supported`).
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use super::avx2::{
+    f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32_x4, iq1_s_sub_block, lane, load16,
+    load32, load32_i8, nibbles, sub, sub_i8,
+};
+use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use crate::quant::tables::KVALUES_IQ4NL;
+
+pub use super::avx2::{
+    f16_axpy, f16_scale, quantize_q8_0, quantize_q8_1, quantize_q8_k, vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k,
+    vec_dot_q5_0_q8_0, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k,
+};
+
+/// `IQ1S_DELTA` of the reference kernel.
+const IQ1S_DELTA: f32 = 0.125;
+
+/// Lane `l` (i32) = Σ u[k]·s[k] over bytes `k` in `4l..4l+4` (no intermediate saturation).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dot4(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0.0f32;
+    for (blk, y) in w.chunks_exact(20).zip(a) {
+        let dm = f16x4(blk, 0);
+        let (d, m) = (lane::<0>(dm), lane::<1>(dm));
+        summs = m.mul_add(y.s, summs);
+        let lanes = dot4(nibbles(sub(blk, 4)), load32_i8(&y.qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc);
+    }
+    hsum8(acc) + summs
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (blk, y) in w.chunks_exact(34).zip(a) {
+        let d = f16_at(blk, 0);
+        let x = load32(sub(blk, 2));
+        let lanes = dot4(_mm256_abs_epi8(x), _mm256_sign_epi8(load32_i8(&y.qs), x));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc);
+    }
+    hsum8(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_block_lanes(blk: &[u8], y: &BlockQ8_0, table: __m256i) -> __m256i {
+    let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
+    dot4(_mm256_abs_epi8(v), _mm256_sign_epi8(load32_i8(&y.qs), v))
+}
+
+/// As `avx2::nibble_blocks_dot`: exact block sums, fused one block at a time in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
+    let table = _mm256_broadcastsi128_si256(table);
+    let n = (w.len() / 18).min(a.len());
+    let (w, a) = (&w[..n * 18], &a[..n]);
+    let mut acc = 0.0f32;
+    let mut w4 = w.chunks_exact(72);
+    let mut a4 = a.chunks_exact(4);
+    for (w4, a4) in w4.by_ref().zip(a4.by_ref()) {
+        let l = |i: usize| nibble_block_lanes(&w4[18 * i..18 * i + 18], &a4[i], table);
+        acc = fuse4_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), l(3)), w4, a4);
+    }
+    let (wr, ar) = (w4.remainder(), a4.remainder());
+    if !ar.is_empty() {
+        let z = _mm256_setzero_si256();
+        let l = |i: usize| if i < ar.len() { nibble_block_lanes(&wr[18 * i..18 * i + 18], &ar[i], table) } else { z };
+        acc = fuse_tail_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), z), wr, ar);
+    }
+    acc
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    nibble_blocks_dot(w, a, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let table = KVALUES_IQ4NL.map(|v| v as u8);
+    nibble_blocks_dot(w, a, load16(&table))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut acc1 = 0.0f32;
+    for (blk, y) in w.chunks_exact(50).zip(a) {
+        let mut lanes = _mm256_setzero_si256();
+        let mut sumi1 = 0i32;
+        for ib in 0..8 {
+            let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+            // Grid values are -1, 0 or 1: `sign` is the exact product, and the sub-block scale
+            // (odd, ≤ 15) is the unsigned operand.
+            let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
+            lanes = _mm256_dpbusd_epi32(lanes, _mm256_set1_epi8(ls as i8), prod);
+            sumi1 += ls * delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);
+        }
+        let d = y.d * f16_at(blk, 0);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
+        acc1 = d.mul_add(sumi1 as f32, acc1);
+    }
+    IQ1S_DELTA.mul_add(acc1, hsum8(acc))
+}
+
+/// Sixteen f16 from `x[at..at + 16]`, as raw bits.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn load16_f16(x: &[f16], at: usize) -> __m256i {
+    let x: &[f16; 16] = x[at..at + 16].try_into().expect("sixteen halves");
+    // SAFETY: reads the 32 bytes of `x` (`f16` is a transparent `u16`); no alignment needed.
+    unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn load16_f32(x: &[f32], at: usize) -> __m512 {
+    let x: &[f32; 16] = x[at..at + 16].try_into().expect("sixteen floats");
+    // SAFETY: reads the 64 bytes of `x`; `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_ps(x.as_ptr()) }
+}
+
+/// `ops::dot_f16_f32` with ggml's own shape: four 16-lane accumulators, then
+/// `_mm512_reduce_add_ps`'s tree (halves of 8, of 4, then pairs).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_f16_f32(k: &[f16], q: &[f32]) -> f32 {
+    let np = k.len() / 64 * 64;
+    let mut sum = 0.0f64;
+    if np > 0 {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (kc, qc) in k[..np].chunks_exact(64).zip(q[..np].chunks_exact(64)) {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_cvtph_ps(load16_f16(kc, 16 * j)), load16_f32(qc, 16 * j), *a);
+            }
+        }
+        let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+        let h8 = _mm256_add_ps(
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+            _mm512_castps512_ps256(v),
+        );
+        let h4 = _mm_add_ps(_mm256_extractf128_ps(h8, 1), _mm256_castps256_ps128(h8));
+        let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+        sum = _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2))) as f64;
+    }
+    for (kv, qv) in k[np..].iter().zip(&q[np..]) {
+        sum += (kv.to_f32() * qv) as f64;
+    }
+    sum as f32
+}
+
+/// `ops::expf_ggml` on sixteen lanes, with the `vscalefps` the reference emulates.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn expf_ggml_x16(x: __m512) -> __m512 {
+    let c = |b: u32| _mm512_set1_ps(f32::from_bits(b));
+    let r = c(0x4b40_0000);
+    let n = _mm512_sub_ps(_mm512_fmadd_ps(x, c(0x3fb8_aa3b), r), r);
+    let neg_n = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(n), _mm512_set1_epi32(i32::MIN)));
+    let b = _mm512_fmadd_ps(neg_n, c(0x35bf_be8e), _mm512_fmadd_ps(neg_n, c(0x3f31_7200), x));
+    let u = _mm512_mul_ps(b, b);
+    let j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(
+            _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm512_fmadd_ps(c(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
+    );
+    let res = _mm512_scalef_ps(j, n);
+    let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+    let low = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
+    let special = _mm512_mask_blend_ps(low, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
+    _mm512_mask_blend_ps(big, res, special)
+}
+
+/// `ops::swiglu_ref`, sixteen lanes at a time.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n16 = gate.len().min(up.len()) / 16 * 16;
+    let one = _mm512_set1_ps(1.0);
+    for (g, u) in gate[..n16].chunks_exact_mut(16).zip(up[..n16].chunks_exact(16)) {
+        let x = load16_f32(g, 0);
+        let neg_x = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN)));
+        let r = _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, expf_ggml_x16(neg_x))), load16_f32(u, 0));
+        let g: &mut [f32; 16] = g.try_into().expect("sixteen floats");
+        // SAFETY: writes the 64 bytes of `g`; `storeu` has no alignment requirement.
+        unsafe { _mm512_storeu_ps(g.as_mut_ptr(), r) }
+    }
+    for (g, &u) in gate[n16..].iter_mut().zip(&up[n16..]) {
+        let x = *g;
+        *g = (x / (1.0 + (-x).exp())) * u;
+    }
+}

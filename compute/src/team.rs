@@ -1,0 +1,462 @@
+//! A team of threads for the matrix products of one forward call: the caller plus `n - 1`
+//! helpers that spin between products instead of sleeping.
+//!
+//! A decode step of a small model is ~200 products of 10–100 µs each, separated by short serial
+//! work (norms, RoPE, attention). A thread pool whose idle threads go to sleep pays a wake-up on
+//! nearly every product; here the helpers busy-wait on an epoch counter for a while between
+//! products, as llama.cpp's threads do, and park only when idle for longer. Helpers live for one
+//! call (scoped threads, so everything they touch is borrowed safely; spawning costs ~20 µs).
+//!
+//! Work split: each thread owns one contiguous run of rows ("home") and claims it front to back
+//! in chunks of [`ROWS_PER_TASK`], so it streams its weights sequentially, which the hardware
+//! prefetcher follows (interleaved short runs measured at half the speed). A thread that runs
+//! out takes half of what is left of another's home, from the back, as one run, so a preempted
+//! thread (another process, parallel tests) costs at most one chunk of waiting.
+//!
+//! Every output value is computed by exactly one thread with the same kernel: results do not
+//! depend on the team size or on which thread took which chunk.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use crate::matmul::{compute_rows, vec_dot_type, QMatrix, QuantizedActs, ROWS_PER_TASK};
+use crate::quant::simd::Kernels;
+
+/// Buffers a team works in, kept between forward calls so decoding does not allocate.
+#[derive(Default)]
+pub struct TeamBuffers {
+    acts: RwLock<QuantizedActs>,
+    helper_out: Vec<Mutex<HelperOut>>,
+    /// Per helper: its thread, once started, and whether it is parked (or about to park).
+    helper_threads: Vec<Mutex<Option<Thread>>>,
+    helper_parked: Vec<AtomicBool>,
+    /// The caller's rows, weight row by weight row (`[r][t]`).
+    own: Vec<f32>,
+    /// The last product's progress, reused when no helper still holds it.
+    spare: Option<Arc<Progress>>,
+}
+
+/// What one helper computed for product `epoch`: chunks `(first row, rows)` and their values.
+#[derive(Default)]
+struct HelperOut {
+    epoch: usize,
+    chunks: Vec<(usize, usize)>,
+    values: Vec<f32>,
+}
+
+/// One matrix product.
+#[derive(Clone)]
+struct Job<'m> {
+    w: QMatrix<'m>,
+    k: Kernels,
+    progress: Arc<Progress>,
+}
+
+/// Who has claimed and finished which rows of one product. A fresh (or reused) value per
+/// product: a helper that wakes late holds an old one, whose rows are all claimed, so it cannot
+/// take part in the wrong product.
+struct Progress {
+    epoch: usize,
+    /// Per thread (caller first): its home's unclaimed rows, `front << 32 | back`.
+    homes: Vec<AtomicU64>,
+    rows_done: AtomicUsize,
+}
+
+struct Shared<'m, 'b> {
+    epoch: AtomicUsize,
+    stop: AtomicBool,
+    job: Mutex<Option<Job<'m>>>,
+    acts: &'b RwLock<QuantizedActs>,
+    helper_out: &'b [Mutex<HelperOut>],
+    helper_threads: &'b [Mutex<Option<Thread>>],
+    helper_parked: &'b [AtomicBool],
+    caller: Thread,
+    caller_parked: AtomicBool,
+}
+
+/// The caller's handle on a running team.
+pub struct Team<'m, 'b> {
+    shared: &'b Shared<'m, 'b>,
+    own: &'b mut Vec<f32>,
+    spare: &'b mut Option<Arc<Progress>>,
+}
+
+/// A poisoned lock only means another team thread panicked; the scope re-raises that panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `f` with a team of `n_threads` threads (the caller included).
+pub fn with_team<'m, R>(n_threads: usize, bufs: &mut TeamBuffers, f: impl FnOnce(&mut Team<'m, '_>) -> R) -> R {
+    let n_helpers = n_threads.max(1) - 1;
+    bufs.helper_out.resize_with(n_helpers, Default::default);
+    // Epochs restart with every team; results left from an earlier team must not match one.
+    for o in &mut bufs.helper_out {
+        o.get_mut().unwrap_or_else(PoisonError::into_inner).epoch = 0;
+    }
+    bufs.helper_threads.resize_with(n_helpers, Default::default);
+    bufs.helper_parked.resize_with(n_helpers, Default::default);
+    for (t, p) in bufs.helper_threads.iter_mut().zip(&mut bufs.helper_parked) {
+        *t.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
+        *p.get_mut() = false;
+    }
+    let shared = Shared {
+        epoch: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        job: Mutex::new(None),
+        acts: &bufs.acts,
+        helper_out: &bufs.helper_out,
+        helper_threads: &bufs.helper_threads,
+        helper_parked: &bufs.helper_parked,
+        caller: std::thread::current(),
+        caller_parked: AtomicBool::new(false),
+    };
+    /// Releases the helpers however `f` ends (a panic included), or the scope would wait forever.
+    struct Stop<'a, 'm, 'b>(&'a Shared<'m, 'b>);
+    impl Drop for Stop<'_, '_, '_> {
+        fn drop(&mut self) {
+            self.0.stop.store(true, Ordering::Release);
+            self.0.publish();
+        }
+    }
+    std::thread::scope(|s| {
+        for h in 0..n_helpers {
+            let shared = &shared;
+            s.spawn(move || helper(shared, h));
+        }
+        let _stop = Stop(&shared);
+        f(&mut Team { shared: &shared, own: &mut bufs.own, spare: &mut bufs.spare })
+    })
+}
+
+/// How long an idle helper spins for the next product before it parks: longer than the serial
+/// work between two products of a step, short enough not to starve other processes.
+const HELPER_SPIN: Duration = Duration::from_micros(200);
+/// How long the caller spins for the helpers' last chunks before it parks.
+const CALLER_SPIN: Duration = Duration::from_micros(50);
+
+/// Spins until `ready()` or `max` has passed; whether `ready()` came true.
+fn spin_until(max: Duration, ready: impl Fn() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if t0.elapsed() > max {
+            return false;
+        }
+    }
+}
+
+/// Waits until `ready()`: spins for `max`, then parks, announcing it in `parked` first. The
+/// waker sets the condition, then checks `parked` (both `SeqCst`), so no wake-up is lost.
+fn wait_until(max: Duration, parked: &AtomicBool, ready: impl Fn() -> bool) {
+    if spin_until(max, &ready) {
+        return;
+    }
+    loop {
+        parked.store(true, Ordering::SeqCst);
+        if ready() {
+            break;
+        }
+        // Returns at once if an unpark came in between; spurious returns just re-check.
+        std::thread::park();
+    }
+    parked.store(false, Ordering::Relaxed);
+}
+
+fn helper(s: &Shared<'_, '_>, h: usize) {
+    *lock(&s.helper_threads[h]) = Some(std::thread::current());
+    let mut seen = 0;
+    loop {
+        wait_until(HELPER_SPIN, &s.helper_parked[h], || s.epoch.load(Ordering::SeqCst) != seen);
+        seen = s.epoch.load(Ordering::Acquire);
+        if s.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(job) = lock(&s.job).clone() else { continue };
+        let mut out: Option<MutexGuard<'_, HelperOut>> = None;
+        work(s, &job.progress, h + 1, |r0, n, acts| {
+            let o = out.get_or_insert_with(|| {
+                let mut o = lock(&s.helper_out[h]);
+                o.epoch = job.progress.epoch;
+                o.chunks.clear();
+                o.values.clear();
+                o
+            });
+            o.chunks.push((r0, n));
+            let at = o.values.len();
+            o.values.resize(at + n * acts.n_rows(), 0.0);
+            let mut scratch = Vec::new();
+            compute_rows(job.k, &job.w, acts, r0, &mut o.values[at..], &mut scratch);
+        });
+    }
+}
+
+const FRONT: u32 = 32;
+
+fn unpack(v: u64) -> (usize, usize) {
+    ((v >> FRONT) as usize, (v & u32::MAX as u64) as usize)
+}
+
+fn pack(front: usize, back: usize) -> u64 {
+    ((front as u64) << FRONT) | back as u64
+}
+
+/// Claims the next chunk of `home`: from the front for its owner, from the back for others.
+fn claim(home: &AtomicU64, from_front: bool) -> Option<(usize, usize)> {
+    let mut v = home.load(Ordering::Relaxed);
+    loop {
+        let (front, back) = unpack(v);
+        if front >= back {
+            return None;
+        }
+        let (r0, n, new) = if from_front {
+            let n = ROWS_PER_TASK.min(back - front);
+            (front, n, pack(front + n, back))
+        } else {
+            // Half of what is left, as one run the thief streams sequentially (16-row steals
+            // from the back ran at half the speed); on the owner's 16-row grid.
+            let r0 = front.max((back - (back - front) / 2) / ROWS_PER_TASK * ROWS_PER_TASK);
+            (r0, back - r0, pack(front, r0))
+        };
+        match home.compare_exchange_weak(v, new, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some((r0, n)),
+            Err(cur) => v = cur,
+        }
+    }
+}
+
+/// Thread `me`'s share of `job`: its own home, then what is left of the others'. `compute(r0,
+/// n, acts)` computes rows `r0..r0 + n`; each chunk is then counted as done.
+fn work(s: &Shared<'_, '_>, job: &Progress, me: usize, mut compute: impl FnMut(usize, usize, &QuantizedActs)) {
+    let n_homes = job.homes.len();
+    for i in 0..n_homes {
+        let home = (me + i) % n_homes;
+        while let Some((r0, n)) = claim(&job.homes[home], i == 0) {
+            // A claimed chunk keeps the caller waiting, so the activations stay as they are.
+            compute(r0, n, &s.acts.read().unwrap_or_else(PoisonError::into_inner));
+            job.rows_done.fetch_add(n, Ordering::SeqCst);
+            if s.caller_parked.load(Ordering::SeqCst) {
+                s.caller.unpark();
+            }
+        }
+    }
+}
+
+impl Shared<'_, '_> {
+    /// Starts the next epoch (a product, or the stop) and wakes parked helpers.
+    fn publish(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for (p, t) in self.helper_parked.iter().zip(self.helper_threads) {
+            if p.load(Ordering::SeqCst) {
+                if let Some(t) = &*lock(t) {
+                    t.unpark();
+                }
+            }
+        }
+    }
+}
+
+impl<'m> Team<'m, '_> {
+    /// `out[t][r] = Σ_k w[r][k] · x[t][k]`, as [`crate::matmul::matmul`], on the team.
+    pub fn matmul(&mut self, w: &QMatrix<'m>, x: &[f32], out: &mut [f32]) {
+        let s = self.shared;
+        let n_rows = x.len() / w.n_in;
+        assert_eq!(x.len(), n_rows * w.n_in, "activation length is not a multiple of the row length");
+        assert_eq!(out.len(), n_rows * w.n_out, "output has the wrong length");
+        assert!(w.n_out < 1 << FRONT, "too many rows for the work split");
+        // Helpers wake the thread that made the team; only it may wait here.
+        assert_eq!(std::thread::current().id(), s.caller.id(), "a team is driven by the thread that made it");
+        let k = Kernels::active();
+        s.acts.write().unwrap_or_else(PoisonError::into_inner).quantize(k, vec_dot_type(w.ty), x, w.n_in);
+        let epoch = s.epoch.load(Ordering::Relaxed) + 1;
+        let job = self.next_progress(epoch, w.n_out);
+        *lock(&s.job) = Some(Job { w: *w, k, progress: job.clone() });
+        s.publish();
+
+        self.own.resize(n_rows * w.n_out, 0.0);
+        let own = &mut *self.own;
+        let mut scratch = Vec::new();
+        work(s, &job, 0, |r0, n, acts| {
+            compute_rows(k, w, acts, r0, &mut own[r0 * n_rows..(r0 + n) * n_rows], &mut scratch);
+        });
+        wait_until(CALLER_SPIN, &s.caller_parked, || job.rows_done.load(Ordering::SeqCst) == w.n_out);
+        for out_h in s.helper_out {
+            let out_h = lock(out_h);
+            if out_h.epoch != epoch {
+                continue;
+            }
+            let mut at = 0;
+            for &(r0, n) in &out_h.chunks {
+                let len = n * n_rows;
+                own[r0 * n_rows..r0 * n_rows + len].copy_from_slice(&out_h.values[at..at + len]);
+                at += len;
+            }
+        }
+        if n_rows == 1 {
+            out.copy_from_slice(own);
+        } else {
+            for (r, vals) in own.chunks_exact(n_rows).enumerate() {
+                for (t, &v) in vals.iter().enumerate() {
+                    out[t * w.n_out + r] = v;
+                }
+            }
+        }
+        drop(job);
+        *self.spare = lock(&s.job).take().map(|j| j.progress);
+    }
+
+    /// The progress record of product `epoch`, reusing the last one's allocation when no
+    /// helper still holds it (always, once helpers have caught up).
+    fn next_progress(&mut self, epoch: usize, n_out: usize) -> Arc<Progress> {
+        let n_threads = self.shared.helper_out.len() + 1;
+        let home = n_out.div_ceil(n_threads).div_ceil(ROWS_PER_TASK) * ROWS_PER_TASK;
+        let bounds = |i: usize| pack((i * home).min(n_out), ((i + 1) * home).min(n_out));
+        if let Some(p) = self.spare.as_mut().and_then(Arc::get_mut) {
+            if p.homes.len() == n_threads {
+                p.epoch = epoch;
+                for (i, h) in p.homes.iter_mut().enumerate() {
+                    *h.get_mut() = bounds(i);
+                }
+                *p.rows_done.get_mut() = 0;
+                if let Some(p) = self.spare.take() {
+                    return p;
+                }
+            }
+        }
+        Arc::new(Progress {
+            epoch,
+            homes: (0..n_threads).map(|i| AtomicU64::new(bounds(i))).collect(),
+            rows_done: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gguf::GgmlType;
+
+    use super::*;
+    use crate::matmul::matmul;
+
+    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn team_matmul_equals_pool_matmul_bit_for_bit() {
+        // Goal: the team's product is the rayon matmul's, bit for bit, for any team size and
+        // batch; method: Q8_0 and Q4_1 matrices with ragged row counts, 1–4 threads, 1–5 rows.
+        for (ty, n_out) in [(GgmlType::Q8_0, 100), (GgmlType::Q4_1, 37), (GgmlType::Q4_1, 3)] {
+            let n_in = 64;
+            let mut data = bytes(ty.row_bytes(n_in as u64).unwrap() as usize * n_out, 3);
+            // Small finite f16 scales at the start of every block.
+            for blk in data.chunks_exact_mut(ty.type_size()) {
+                blk[1] &= 0x3b;
+                if ty == GgmlType::Q4_1 {
+                    blk[3] &= 0x3b;
+                }
+            }
+            let w = QMatrix::new("w", ty, n_in, n_out, &data).unwrap();
+            for n_rows in 1..=5 {
+                // One set of buffers for every team, as a session keeps them between steps.
+                let mut bufs = TeamBuffers::default();
+                for (i, n_threads) in [1, 2, 3, 4, 2, 2, 3].into_iter().enumerate() {
+                    // Different activations for every team, so stale results cannot pass.
+                    let x: Vec<f32> =
+                        bytes(n_rows * n_in, 9 + i as u64).iter().map(|&b| (b as f32 - 128.0) / 17.0).collect();
+                    let mut want = vec![0.0; n_rows * n_out];
+                    matmul(&w, &x, &mut want, &mut QuantizedActs::default(), &mut Vec::new());
+                    let mut got = vec![0.0; n_rows * n_out];
+                    // Between other products on the same team: no product may see another's
+                    // state (a 1-row product of a small matrix runs before and after).
+                    let mut small = vec![0.0; n_out.min(8)];
+                    let w_small =
+                        QMatrix::new("s", ty, n_in, small.len(), &data[..w.row_bytes() * small.len()]).unwrap();
+                    with_team(n_threads, &mut bufs, |team| {
+                        team.matmul(&w_small, &x[..n_in], &mut small);
+                        team.matmul(&w, &x, &mut got);
+                        team.matmul(&w_small, &x[..n_in], &mut small);
+                        team.matmul(&w, &x, &mut got);
+                    });
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{ty} n_out {n_out}, {n_rows} rows, {n_threads} threads (team {i})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_left_by_an_earlier_team_are_ignored() {
+        // Goal: a session's buffers outlive its teams, and epochs restart with each team, so a
+        // helper's output from an earlier team must never be taken for a current product;
+        // method: buffers pre-filled with garbage results tagged with every early epoch.
+        let ty = GgmlType::Q8_0;
+        let (n_in, n_out) = (64, 40);
+        let mut data = bytes(ty.row_bytes(n_in as u64).unwrap() as usize * n_out, 5);
+        data.chunks_exact_mut(ty.type_size()).for_each(|b| b[1] &= 0x3b);
+        let w = QMatrix::new("w", ty, n_in, n_out, &data).unwrap();
+        let x: Vec<f32> = bytes(n_in, 6).iter().map(|&b| (b as f32 - 128.0) / 17.0).collect();
+        let mut want = vec![0.0; n_out];
+        matmul(&w, &x, &mut want, &mut QuantizedActs::default(), &mut Vec::new());
+        for stale_epoch in 1..4 {
+            let mut bufs = TeamBuffers::default();
+            bufs.helper_out.push(Mutex::new(HelperOut {
+                epoch: stale_epoch,
+                chunks: vec![(0, n_out)],
+                values: vec![f32::NAN; n_out],
+            }));
+            let mut got = vec![0.0; n_out];
+            with_team(2, &mut bufs, |team| {
+                for _ in 0..3 {
+                    team.matmul(&w, &x, &mut got);
+                    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "epoch {stale_epoch}");
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn owner_and_thieves_claim_every_row_once() {
+        // Goal: front claims (16 rows) and back claims (half of what is left) partition a home
+        // exactly, on the 16-row grid; method: every interleaving pattern of 8 claims, repeated.
+        for (start, end) in [(0, 1), (0, 16), (32, 200), (48, 49), (0, 577)] {
+            for pattern in 0u32..256 {
+                let home = AtomicU64::new(pack(start, end));
+                let mut got = Vec::new();
+                for i in 0.. {
+                    let from_front = pattern >> (i % 8) & 1 == 1;
+                    match claim(&home, from_front) {
+                        Some((r0, n)) => {
+                            assert!(n > 0 && (r0 % ROWS_PER_TASK == 0 || r0 == start), "{r0} {n}");
+                            got.push((r0, n));
+                        }
+                        None => break,
+                    }
+                }
+                got.sort();
+                let mut at = start;
+                for (r0, n) in got {
+                    assert_eq!(r0, at, "home {start}..{end}, pattern {pattern:b}");
+                    at += n;
+                }
+                assert_eq!(at, end, "home {start}..{end}, pattern {pattern:b}");
+            }
+        }
+    }
+}

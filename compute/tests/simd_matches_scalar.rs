@@ -1,0 +1,404 @@
+//! The SIMD kernels (`quant::simd`) against the scalar references (`quant::dot`,
+//! `quant::activation`), bit for bit: every dot product's `to_bits()` and every quantized block
+//! field must be equal, for every instruction set this CPU supports. Instruction sets the CPU
+//! lacks are reported as skipped on stderr.
+//!
+//! Inputs: random blocks over many seeds and ragged block counts (so four-block groups and their
+//! remainders both run), edge-case blocks (extreme bytes, activations at ±127, zero scales), and
+//! rows of the real test models when their files are present.
+
+use std::path::PathBuf;
+
+use compute::ops;
+use compute::quant::activation::{quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1};
+use compute::quant::dot;
+use compute::quant::simd::{Isa, Kernels};
+use gguf::{GgmlType, GgufFile};
+use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Every type with a dot product kernel.
+const TYPES: [GgmlType; 11] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::IQ4_NL,
+    GgmlType::Q2_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ1_S,
+];
+
+/// The SIMD paths this CPU runs; the others are reported as skipped.
+fn simd_paths() -> Vec<Kernels> {
+    for isa in Isa::ALL {
+        if !isa.is_supported() {
+            eprintln!("SKIPPED: this CPU does not support {}; its kernels are not tested here", isa.name());
+        }
+    }
+    Kernels::supported().into_iter().filter(|k| k.isa() != Isa::Scalar).collect()
+}
+
+/// Activations quantized for one weight type.
+enum Acts {
+    Q8_0(Vec<BlockQ8_0>),
+    Q8_1(Vec<BlockQ8_1>),
+    Q8K(Vec<BlockQ8K>),
+}
+
+fn quantize_for(ty: GgmlType, x: &[f32]) -> Acts {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL => {
+            let mut v = Vec::new();
+            quantize_q8_0(x, &mut v);
+            Acts::Q8_0(v)
+        }
+        Q4_1 | Q5_1 => {
+            let mut v = Vec::new();
+            quantize_q8_1(x, &mut v);
+            Acts::Q8_1(v)
+        }
+        _ => {
+            let mut v = Vec::new();
+            quantize_q8_k(x, &mut v);
+            Acts::Q8K(v)
+        }
+    }
+}
+
+/// The scalar reference dot product.
+fn reference(ty: GgmlType, w: &[u8], a: &Acts, halves: bool) -> f32 {
+    use GgmlType::*;
+    match (ty, a) {
+        (Q4_0, Acts::Q8_0(a)) => dot::vec_dot_q4_0_q8_0(w, a),
+        (Q5_0, Acts::Q8_0(a)) => dot::vec_dot_q5_0_q8_0(w, a),
+        (Q8_0, Acts::Q8_0(a)) => dot::vec_dot_q8_0_q8_0(w, a),
+        (IQ4_NL, Acts::Q8_0(a)) => dot::vec_dot_iq4_nl_q8_0(w, a),
+        (Q4_1, Acts::Q8_1(a)) => dot::vec_dot_q4_1_q8_1(w, a),
+        (Q5_1, Acts::Q8_1(a)) => dot::vec_dot_q5_1_q8_1(w, a),
+        (Q2_K, Acts::Q8K(a)) => dot::vec_dot_q2_k_q8_k(w, a, halves),
+        (Q4_K, Acts::Q8K(a)) => dot::vec_dot_q4_k_q8_k(w, a),
+        (Q5_K, Acts::Q8K(a)) => dot::vec_dot_q5_k_q8_k(w, a),
+        (Q6_K, Acts::Q8K(a)) => dot::vec_dot_q6_k_q8_k(w, a),
+        (IQ1_S, Acts::Q8K(a)) => dot::vec_dot_iq1_s_q8_k(w, a),
+        _ => unreachable!("{ty} with the wrong activations"),
+    }
+}
+
+/// The same dot product through the dispatcher.
+fn simd(k: Kernels, ty: GgmlType, w: &[u8], a: &Acts, halves: bool) -> f32 {
+    use GgmlType::*;
+    match (ty, a) {
+        (Q4_0, Acts::Q8_0(a)) => k.vec_dot_q4_0_q8_0(w, a),
+        (Q5_0, Acts::Q8_0(a)) => k.vec_dot_q5_0_q8_0(w, a),
+        (Q8_0, Acts::Q8_0(a)) => k.vec_dot_q8_0_q8_0(w, a),
+        (IQ4_NL, Acts::Q8_0(a)) => k.vec_dot_iq4_nl_q8_0(w, a),
+        (Q4_1, Acts::Q8_1(a)) => k.vec_dot_q4_1_q8_1(w, a),
+        (Q5_1, Acts::Q8_1(a)) => k.vec_dot_q5_1_q8_1(w, a),
+        (Q2_K, Acts::Q8K(a)) => k.vec_dot_q2_k_q8_k(w, a, halves),
+        (Q4_K, Acts::Q8K(a)) => k.vec_dot_q4_k_q8_k(w, a),
+        (Q5_K, Acts::Q8K(a)) => k.vec_dot_q5_k_q8_k(w, a),
+        (Q6_K, Acts::Q8K(a)) => k.vec_dot_q6_k_q8_k(w, a),
+        (IQ1_S, Acts::Q8K(a)) => k.vec_dot_iq1_s_q8_k(w, a),
+        _ => unreachable!("{ty} with the wrong activations"),
+    }
+}
+
+/// Byte offsets of the f16 scale fields in a block of `ty`.
+fn scale_offsets(ty: GgmlType) -> &'static [usize] {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | IQ1_S => &[0],
+        Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
+        Q2_K => &[80, 82],
+        Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// A random finite f16 of either sign over many binades (sometimes zero), as bytes.
+fn random_scale(rng: &mut StdRng) -> [u8; 2] {
+    let v = if rng.gen_ratio(1, 50) { 0.0 } else { rng.gen_range(-14.0f32..4.0).exp2() };
+    let v = if rng.gen() { -v } else { v };
+    f16::from_f32(v).to_bits().to_le_bytes()
+}
+
+/// `n_blocks` random blocks of `ty` with finite scales (a NaN scale would make the comparison
+/// depend on NaN payloads, which no model holds).
+fn random_blocks(rng: &mut StdRng, ty: GgmlType, n_blocks: usize) -> Vec<u8> {
+    let mut w: Vec<u8> = (0..n_blocks * ty.type_size()).map(|_| rng.gen()).collect();
+    for blk in w.chunks_exact_mut(ty.type_size()) {
+        for &o in scale_offsets(ty) {
+            blk[o..o + 2].copy_from_slice(&random_scale(rng));
+        }
+    }
+    w
+}
+
+/// Random activations: mostly smooth values, with outliers, exact zeros and repeated values
+/// mixed in so that amax ties, rounding ties and all-zero blocks occur.
+fn random_acts(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    let scale = rng.gen_range(-10.0f32..6.0).exp2();
+    let mut x: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0) * scale).collect();
+    match rng.gen_range(0..6) {
+        0 => x.iter_mut().step_by(7).for_each(|v| *v = 0.0),
+        1 => x.iter_mut().step_by(13).for_each(|v| *v *= 40.0),
+        // Halves of 127ths: after scaling by 127 / amax these land exactly on rounding ties.
+        2 => x.iter_mut().for_each(|v| *v = (rng.gen_range(-254i32..=254) as f32) / 2.0),
+        3 => {
+            let m = x[0].abs().max(1.0);
+            x.iter_mut().step_by(5).enumerate().for_each(|(i, v)| *v = if i % 2 == 0 { m } else { -m });
+        }
+        4 if n >= 32 => x[..32].iter_mut().for_each(|v| *v = 0.0),
+        _ => {}
+    }
+    x
+}
+
+fn check_dot(k: Kernels, ty: GgmlType, w: &[u8], a: &Acts, what: &str) {
+    for halves in [false, true] {
+        if halves && ty != GgmlType::Q2_K {
+            continue;
+        }
+        let want = reference(ty, w, a, halves);
+        let got = simd(k, ty, w, a, halves);
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "{} {ty} (halves {halves}) {what}: {got:e} vs scalar {want:e}",
+            k.isa().name()
+        );
+    }
+}
+
+#[test]
+fn dots_match_scalar_on_random_blocks() {
+    // Goal: every SIMD dot equals the scalar one bit for bit; method: 40 seeds × 1..=13 blocks.
+    for k in simd_paths() {
+        for ty in TYPES {
+            for seed in 0..40u64 {
+                let mut rng = StdRng::seed_from_u64(seed * 1000 + ty.id() as u64);
+                for n_blocks in 1..=13 {
+                    let w = random_blocks(&mut rng, ty, n_blocks);
+                    let x = random_acts(&mut rng, n_blocks * ty.block_size());
+                    check_dot(k, ty, &w, &quantize_for(ty, &x), &format!("seed {seed}, {n_blocks} blocks"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dots_match_scalar_on_edge_blocks() {
+    // Goal: saturation-prone inputs (all-ones bytes, 0x80 bytes, activations at ±127) stay exact.
+    let mut rng = StdRng::seed_from_u64(7);
+    for k in simd_paths() {
+        for ty in TYPES {
+            for fill in [0x00u8, 0xFF, 0x80, 0x7F, 0x88, 0x77] {
+                for act in [127.0f32, -127.0, 1.0] {
+                    let n_blocks = 9;
+                    let mut w = vec![fill; n_blocks * ty.type_size()];
+                    for blk in w.chunks_exact_mut(ty.type_size()) {
+                        for &o in scale_offsets(ty) {
+                            blk[o..o + 2].copy_from_slice(&random_scale(&mut rng));
+                        }
+                    }
+                    let n = n_blocks * ty.block_size();
+                    let alt: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { act } else { -act }).collect();
+                    let flat = vec![act; n];
+                    for x in [flat, alt] {
+                        check_dot(k, ty, &w, &quantize_for(ty, &x), &format!("fill {fill:#x}, act {act}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_quantizers(k: Kernels, x: &[f32], what: &str) {
+    let name = k.isa().name();
+    let n32 = x.len() / 32 * 32;
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    quantize_q8_0(&x[..n32], &mut want);
+    k.quantize_q8_0(&x[..n32], &mut got);
+    assert_eq!(want.len(), got.len());
+    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+        assert_eq!((a.d.to_bits(), a.qs), (b.d.to_bits(), b.qs), "{name} Q8_0 block {i} {what}");
+    }
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    quantize_q8_1(&x[..n32], &mut want);
+    k.quantize_q8_1(&x[..n32], &mut got);
+    assert_eq!(want.len(), got.len());
+    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(
+            (a.d.to_bits(), a.s.to_bits(), a.qs),
+            (b.d.to_bits(), b.s.to_bits(), b.qs),
+            "{name} Q8_1 block {i} {what}"
+        );
+    }
+    let n256 = x.len() / 256 * 256;
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    quantize_q8_k(&x[..n256], &mut want);
+    k.quantize_q8_k(&x[..n256], &mut got);
+    assert_eq!(want.len(), got.len());
+    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+        assert_eq!((a.d.to_bits(), a.qs, a.bsums), (b.d.to_bits(), b.qs, b.bsums), "{name} Q8_K block {i} {what}");
+    }
+}
+
+#[test]
+fn quantizers_match_scalar() {
+    // Goal: Q8_0/Q8_1/Q8_K blocks are field-for-field identical; method: random rows, rows with
+    // rounding ties, equal-magnitude maxima of both signs, zeros, NaN and infinities.
+    for k in simd_paths() {
+        for seed in 0..200u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let n = 256 * rng.gen_range(1..4) + 32 * rng.gen_range(0..8);
+            check_quantizers(k, &random_acts(&mut rng, n), &format!("seed {seed}"));
+        }
+        let mut special = vec![0.0f32; 512];
+        special[3] = -2.5;
+        special[9] = 2.5;
+        special[40] = f32::NAN;
+        special[41] = 1.0;
+        special[300] = f32::INFINITY;
+        special[301] = 3.0;
+        special[302] = f32::NEG_INFINITY;
+        special[400] = -0.0;
+        check_quantizers(k, &special, "special values");
+        let nan_block = vec![f32::NAN; 256];
+        check_quantizers(k, &nan_block, "all NaN");
+    }
+}
+
+fn model_paths() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    vec![root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"), root.join("../shared/models/smollm2-135m-iq1_s.gguf")]
+}
+
+#[test]
+fn dots_match_scalar_on_model_rows() {
+    // Goal: rows of the real test models (every matrix, first/middle/last rows) give the same
+    // bits on every path. Missing model files are reported, not failed: other tests require them.
+    let paths = simd_paths();
+    let mut rng = StdRng::seed_from_u64(99);
+    for p in model_paths() {
+        if !p.exists() {
+            eprintln!("SKIPPED: {} is missing (scripts/fetch-model.sh)", p.display());
+            continue;
+        }
+        let file = GgufFile::open(&p).expect("model opens");
+        let mut n_rows_checked = 0;
+        for info in file.tensors() {
+            let (ty, dims) = (info.ggml_type, &info.dims);
+            if dims.len() != 2 || !TYPES.contains(&ty) {
+                continue;
+            }
+            let data = file.tensor_data(info).expect("tensor bytes");
+            let (n_in, n_out) = (dims[0] as usize, dims[1] as usize);
+            let rb = ty.row_bytes(n_in as u64).expect("whole blocks") as usize;
+            let x = random_acts(&mut rng, n_in);
+            let a = quantize_for(ty, &x);
+            for r in [0, n_out / 2, n_out - 1] {
+                let w = &data[r * rb..(r + 1) * rb];
+                for &k in &paths {
+                    check_dot(k, ty, w, &a, &format!("{} row {r}", info.name));
+                }
+                n_rows_checked += 1;
+            }
+        }
+        eprintln!("{}: {n_rows_checked} rows checked", p.display());
+        assert!(n_rows_checked > 0, "no matrices of a kernel type in {}", p.display());
+    }
+}
+
+/// Equal bits, or both NaN (NaN payloads are not part of the contract).
+fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+fn random_f16s(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f16> {
+    (0..n).map(|_| f16::from_f32(rng.gen_range(-1.0f32..1.0) * scale)).collect()
+}
+
+#[test]
+fn attention_kernels_match_scalar() {
+    // Goal: the f16 dot product and the f16 accumulator updates of attention are bit-identical;
+    // method: random vectors of every length up to 300 (whole 64-groups and tails).
+    for k in simd_paths() {
+        let name = k.isa().name();
+        let mut rng = StdRng::seed_from_u64(5);
+        for n in 0..300 {
+            for _ in 0..4 {
+                let scale = rng.gen_range(-6.0f32..8.0).exp2();
+                let keys = random_f16s(&mut rng, n, scale);
+                let q: Vec<f32> = random_f16s(&mut rng, n, 4.0).iter().map(|v| v.to_f32()).collect();
+                let (want, got) = (ops::dot_f16_f32(&keys, &q), k.dot_f16_f32(&keys, &q));
+                assert!(same(got, want), "{name} dot_f16_f32 n={n}: {got:e} vs scalar {want:e}");
+
+                let v = random_f16s(&mut rng, n, scale);
+                let acc0 = random_f16s(&mut rng, n, 2.0);
+                let s = rng.gen_range(0.0f32..1.0);
+                let (mut want, mut got) = (acc0.clone(), acc0.clone());
+                ops::f16_axpy_ref(&mut want, &v, s);
+                k.f16_axpy(&mut got, &v, s);
+                assert!(want.iter().zip(&got).all(|(a, b)| same(a.to_f32(), b.to_f32())), "{name} f16_axpy n={n}");
+                ops::f16_scale_ref(&mut want, s);
+                k.f16_scale(&mut got, s);
+                assert!(want.iter().zip(&got).all(|(a, b)| same(a.to_f32(), b.to_f32())), "{name} f16_scale n={n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn swiglu_matches_scalar() {
+    // Goal: SwiGLU with ggml's vector exponential is bit-identical, including overflow,
+    // underflow to subnormals and zero, and the libm tail; method: random and extreme rows.
+    for k in simd_paths() {
+        let name = k.isa().name();
+        let mut rng = StdRng::seed_from_u64(11);
+        for n in 0..200 {
+            let scale = rng.gen_range(-4.0f32..8.0).exp2();
+            let mut gate: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0) * scale).collect();
+            let up: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+            if n > 20 {
+                gate[..12].copy_from_slice(&[
+                    0.0, -0.0, 88.0, -88.0, 103.0, -103.0, 130.0, -130.0, 200.0, -200.0, 1e-30, -87.3,
+                ]);
+            }
+            let mut want = gate.clone();
+            ops::swiglu_ref(&mut want, &up);
+            k.swiglu(&mut gate, &up);
+            for (i, (a, b)) in want.iter().zip(&gate).enumerate() {
+                assert!(same(*b, *a), "{name} swiglu n={n} [{i}]: {b:e} vs scalar {a:e}");
+            }
+        }
+        // Every exponent the polynomial can see, around the range-reduction boundaries.
+        let mut gate: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.0625 + 0.01).collect();
+        let up = vec![1.0f32; gate.len()];
+        let mut want = gate.clone();
+        ops::swiglu_ref(&mut want, &up);
+        k.swiglu(&mut gate, &up);
+        for (a, b) in want.iter().zip(&gate) {
+            assert!(same(*b, *a), "{name} swiglu sweep: {b:e} vs scalar {a:e}");
+        }
+    }
+}
+
+#[test]
+fn kernel_names_round_trip() {
+    // Goal: PRIMA_KERNEL names parse back to their instruction set; scalar is always available.
+    for isa in Isa::ALL {
+        assert_eq!(Isa::from_name(isa.name()), Some(isa));
+    }
+    assert_eq!(Isa::from_name("AVX2"), Some(Isa::Avx2));
+    assert_eq!(Isa::from_name("sse"), None);
+    assert!(Kernels::new(Isa::Scalar).is_some());
+    assert!(Kernels::best().isa().is_supported());
+}
