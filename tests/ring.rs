@@ -154,3 +154,18 @@ async fn a_prompt_longer_than_a_prefill_chunk_is_pipelined_and_still_matches() {
     let want = single_device(&p, 3);
     assert_eq!(ring_output_n(2, Some(vec![15, 15]), &p, 3).await, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hidden_states_can_travel_as_f16() {
+    let p = prompt("The capital of France is");
+    let mut opts = LocalCluster::new(model_path(), 2);
+    opts.layer_window = Some(vec![15, 15]);
+    opts.n_ctx = 1024;
+    opts.wire_dtype = prima::WireDtype::F16;
+    let cluster = Cluster::local(opts).await.unwrap();
+    let (tokens, stats) = cluster.head.generate_all(request(&p, N_PREDICT)).await.unwrap();
+    // f16 rounding at each hop may change a near tie, so only the shape of the run is checked.
+    assert!(!tokens.is_empty() && tokens.len() <= N_PREDICT);
+    assert!(stats.hops.iter().all(|h| h.iter().map(|x| x.n_layers).sum::<u32>() == 30));
+    cluster.shutdown().await.unwrap();
+}
