@@ -3,6 +3,7 @@
 
 mod bench;
 mod generate;
+mod quantize;
 mod ring;
 mod synth;
 
@@ -34,6 +35,8 @@ enum Command {
     Serve(ServeArgs),
     /// Measure prompt processing (ppN) and decode (tgN) speed, llama-bench style.
     Bench(BenchArgs),
+    /// Re-encode a model's weights: q8_0, q4_0, q4_1, q5_0, q4_k, q6_k or q4_k_m.
+    Quantize(QuantizeArgs),
     /// Write a random-weight model at a real architecture's shapes (for speed and memory work).
     Synth(SynthArgs),
     /// Write a new random cluster key (the key_file every node of a ring shares).
@@ -139,6 +142,19 @@ pub struct ServeArgs {
     pub ctx_size: usize,
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// Input GGUF (F32/F16/BF16 weights; quantized ones with --allow-requantize).
+    pub input: PathBuf,
+    /// Output GGUF.
+    pub output: PathBuf,
+    /// Target: q8_0, q4_0, q4_1, q5_0, q4_k, q6_k or q4_k_m (llama.cpp's mix).
+    pub r#type: String,
+    /// Accept already-quantized weights (they are dequantized first; quality suffers).
+    #[arg(long)]
+    pub allow_requantize: bool,
 }
 
 #[derive(Args, Debug)]
@@ -309,6 +325,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => ring::serve(a),
         Command::Synth(a) => synth::synth(a),
+        Command::Quantize(a) => quantize::quantize(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -151,7 +151,7 @@ impl Mix {
     }
 
     /// `general.file_type` (llama.cpp's `llama_ftype`).
-    fn file_type(self) -> u32 {
+    pub fn file_type(self) -> u32 {
         match self {
             Mix::Q4_0 => 2,
             Mix::Q4_1 => 3,

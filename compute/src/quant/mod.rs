@@ -3,5 +3,6 @@
 pub mod activation;
 pub mod dequant;
 pub mod dot;
+pub mod quantize;
 pub mod simd;
 pub mod tables;
