@@ -73,76 +73,78 @@ impl ComputeState {
         &mut self,
         request: u64,
         step: u32,
-        mut layer: usize,
+        first: usize,
         want_logits: bool,
         mut trace: Option<Vec<Hop>>,
         received: Instant,
     ) -> Result<Outcome, String> {
-        let n_layer = self.shard.n_layer;
-        let first = layer;
+        let shard = self.shard.clone();
+        let n_layer = shard.n_layer;
+        // Which windows run, in order: every window of this node that starts where the
+        // previous one ended (several when the node is alone in the ring).
+        let mut plan = Vec::new();
+        let mut layer = first;
+        while let Some(i) = shard.windows.iter().position(|w| w.layers.start == layer && layer < n_layer) {
+            plan.push(i);
+            layer = shard.windows[i].layers.end;
+        }
+        if plan.is_empty() && layer < n_layer && shard.ends.is_none() {
+            let held: Vec<_> = shard.windows.iter().map(|w| w.layers.clone()).collect();
+            return Err(format!("a frame for layer {layer} reached node {}, which holds {held:?}", self.rank));
+        }
+        let head_logits = layer == n_layer && want_logits && shard.ends.is_some();
+        // One thread team for the whole hop: the windows and, on the head, the output head.
+        // Nothing to run: the head passing fresh embeddings on, or a relay past the last layer.
+        let anchor = plan.first().map(|&i| &shard.windows[i].model).or(shard.ends.as_ref().filter(|_| head_logits));
+        let (hidden, positions, kvs, prefetcher) = (&mut self.hidden, &self.positions, &mut self.kv, &self.prefetcher);
+        let mut logits = None;
         let mut compute_us = 0u64;
-        loop {
-            if layer == n_layer {
-                if self.shard.ends.is_none() {
-                    // Past the last layer on a node other than the head (the last cycle ended
-                    // before the ring did): relay it on towards the head.
-                    break;
-                }
-                if let Some(t) = trace.as_mut() {
-                    if layer > first {
-                        t.push(self.hop(first, layer, compute_us, received));
+        let mut logits_us = 0u64;
+        if let Some(anchor) = anchor {
+            self.pool.install(|| {
+                anchor.with_team(&mut self.scratch, |team, s| -> Result<(), String> {
+                    for &i in &plan {
+                        let next = (i + 1) % shard.windows.len();
+                        let _ = prefetcher.cast(PrefetchMsg::Prefetch(next));
+                        let w = &shard.windows[i];
+                        let t = Instant::now();
+                        w.model
+                            .forward_layers_on(team, w.layers.clone(), hidden, positions, &mut kvs[i], s)
+                            .map_err(|e| format!("layers {:?}: {e}", w.layers))?;
+                        compute_us += t.elapsed().as_micros() as u64;
+                        let _ = prefetcher.cast(PrefetchMsg::Ran { window: i, next });
                     }
-                }
-                let Some(ends) = self.shard.ends.clone() else { break };
-                let logits = if want_logits {
-                    let t = Instant::now();
-                    let e = self.shard.n_embd;
-                    let last = &self.hidden[self.hidden.len() - e..];
-                    let mut logits = Vec::new();
-                    let scratch = &mut self.scratch;
-                    self.pool.install(|| ends.logits(last, &mut logits, scratch)).map_err(|e| e.to_string())?;
-                    if let Some(tr) = trace.as_mut() {
-                        // The output head, as a hop of no layers starting at `n_layer`.
-                        let us = t.elapsed().as_micros() as u64;
-                        tr.push(Hop {
-                            rank: self.rank,
-                            first_layer: n_layer as u32,
-                            n_layers: 0,
-                            compute_us: us,
-                            node_us: us,
-                        });
+                    if let (true, Some(ends)) = (head_logits, shard.ends.as_ref()) {
+                        let t = Instant::now();
+                        let e = shard.n_embd;
+                        let mut out = Vec::new();
+                        ends.logits_on(team, &hidden[hidden.len() - e..], &mut out, s).map_err(|e| e.to_string())?;
+                        logits_us = t.elapsed().as_micros() as u64;
+                        logits = Some(out);
                     }
-                    Some(logits)
-                } else {
-                    None
-                };
-                return Ok(Outcome::Back { request, step, logits, trace });
-            }
-            let Some(i) = self.shard.windows.iter().position(|w| w.layers.start == layer) else {
-                if layer == first && self.shard.ends.is_none() {
-                    let held: Vec<_> = self.shard.windows.iter().map(|w| w.layers.clone()).collect();
-                    return Err(format!("a frame for layer {layer} reached node {}, which holds {held:?}", self.rank));
-                }
-                break;
-            };
-            let n = self.shard.windows.len();
-            let next = (i + 1) % n;
-            let _ = self.prefetcher.cast(PrefetchMsg::Prefetch(next));
-            let w = &self.shard.windows[i];
-            let t = Instant::now();
-            let (model, range) = (w.model.clone(), w.layers.clone());
-            let (hidden, positions, kv, scratch) =
-                (&mut self.hidden, &self.positions, &mut self.kv[i], &mut self.scratch);
-            self.pool
-                .install(|| model.forward_layers(range.clone(), hidden, positions, kv, scratch))
-                .map_err(|e| format!("layers {range:?}: {e}"))?;
-            compute_us += t.elapsed().as_micros() as u64;
-            let _ = self.prefetcher.cast(PrefetchMsg::Ran { window: i, next });
-            layer = range.end;
+                    Ok(())
+                })
+            })?;
         }
         if let Some(t) = trace.as_mut().filter(|_| layer > first) {
-            t.push(self.hop(first, layer, compute_us, received));
+            let mut hop = self.hop(first, layer, compute_us, received);
+            hop.node_us = hop.node_us.saturating_sub(logits_us);
+            t.push(hop);
         }
+        if layer == n_layer && shard.ends.is_some() {
+            if let (Some(tr), true) = (trace.as_mut(), head_logits) {
+                // The output head, as a hop of no layers starting at `n_layer`.
+                tr.push(Hop {
+                    rank: self.rank,
+                    first_layer: n_layer as u32,
+                    n_layers: 0,
+                    compute_us: logits_us,
+                    node_us: logits_us,
+                });
+            }
+            return Ok(Outcome::Back { request, step, logits, trace });
+        }
+        // On towards the head (also past the last layer, when the last cycle ended early).
         Ok(Outcome::Forward(Activations {
             request,
             step,
