@@ -302,8 +302,14 @@ pub struct TokenizeArgs {
 }
 
 fn main() -> ExitCode {
-    // clap's own `-cnv` spelling: accept the llama.cpp single-dash form too.
-    let args: Vec<String> = std::env::args().map(|a| if a == "-cnv" { "--cnv".to_string() } else { a }).collect();
+    // llama.cpp / prima.cpp spell some long options with one dash (`-cnv`, `-lw`): accept them.
+    let args: Vec<String> = std::env::args()
+        .map(|a| match a.as_str() {
+            "-cnv" => "--cnv".to_string(),
+            "-lw" => "--lw".to_string(),
+            _ => a,
+        })
+        .collect();
     let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
