@@ -33,6 +33,8 @@ enum Command {
     Cluster(ClusterArgs),
     /// Serve an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, …) on this device.
     Serve(ServeArgs),
+    /// Measure this device for the scheduler (CPU per weight type, memory, disk, RAM); cached per model.
+    Profile(ProfileArgs),
     /// Measure prompt processing (ppN) and decode (tgN) speed, llama-bench style.
     Bench(BenchArgs),
     /// Re-encode a model's weights: q8_0, q4_0, q4_1, q5_0, q4_k, q6_k or q4_k_m.
@@ -142,6 +144,22 @@ pub struct ServeArgs {
     pub ctx_size: usize,
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ProfileArgs {
+    /// Model file (GGUF): its weight types are measured and its file is read for the disk figures.
+    #[arg(short = 'm', long)]
+    pub model: PathBuf,
+    /// Compute threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Print JSON instead of TOML.
+    #[arg(long)]
+    pub json: bool,
+    /// Measure again even when a cached profile exists.
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 #[derive(Args, Debug)]
@@ -332,6 +350,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => ring::serve(a),
         Command::Synth(a) => synth::synth(a),
         Command::Quantize(a) => quantize::quantize(a),
+        Command::Profile(a) => profile(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -340,6 +359,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn profile(a: ProfileArgs) -> anyhow::Result<()> {
+    let mut opts = solver::ProfileOptions::default();
+    if let Some(t) = a.threads {
+        opts.threads = t.max(1);
+    }
+    let (p, cached) = solver::profile::load_or_measure(&a.model, &opts, a.refresh).map_err(anyhow::Error::msg)?;
+    if cached {
+        eprintln!("(cached profile; --refresh measures again)");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print!("{}", toml::to_string(&p)?);
+    }
+    Ok(())
 }
 
 /// The error and its causes on one line, skipping a cause its parent's message already quotes.
