@@ -190,10 +190,32 @@ pub(crate) fn compute_rows(
     let rb = w.row_bytes();
     let n_w = chunk.len() / acts.n_rows;
     for (wr, o) in w.data[r0 * rb..(r0 + n_w) * rb].chunks_exact(rb).zip(chunk.chunks_exact_mut(acts.n_rows)) {
-        for (t, v) in o.iter_mut().enumerate() {
-            *v = dot_row(k, w.ty, wr, acts, t, scratch);
+        if !dot_rows(k, w.ty, wr, acts, o) {
+            for (t, v) in o.iter_mut().enumerate() {
+                *v = dot_row(k, w.ty, wr, acts, t, scratch);
+            }
         }
     }
+}
+
+/// `out[t]` = weight row `w` · activation row `t`, for every activation row, with a multi-row
+/// kernel (each weight block decoded once for all rows, same bits as `dot_row`); `false` when
+/// `ty` has none, or the batch is a single row, which the single-row kernels handle as fast.
+fn dot_rows(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, out: &mut [f32]) -> bool {
+    if acts.n_rows < 2 {
+        return false;
+    }
+    use GgmlType::*;
+    let n = acts.n_rows * acts.n_in;
+    match (acts.kind, ty) {
+        (Some(VecDotType::Q8_1), Q4_1) => k.vec_dot_q4_1_q8_1_rows(w, &acts.q8_1[..n / 32], out),
+        (Some(VecDotType::Q8_0), Q8_0) => k.vec_dot_q8_0_q8_0_rows(w, &acts.q8_0[..n / 32], out),
+        (Some(VecDotType::Q8_0), Q4_0) => k.vec_dot_q4_0_q8_0_rows(w, &acts.q8_0[..n / 32], out),
+        (Some(VecDotType::Q8_0), IQ4_NL) => k.vec_dot_iq4_nl_q8_0_rows(w, &acts.q8_0[..n / 32], out),
+        (Some(VecDotType::Q8K), IQ1_S) => k.vec_dot_iq1_s_q8_k_rows(w, &acts.q8k[..n / 256], out),
+        _ => return false,
+    }
+    true
 }
 
 /// `out[t][r] = Σ_k w[r][k] · x[t][k]` for every activation row `t` of `x` (`n_rows × w.n_in`).

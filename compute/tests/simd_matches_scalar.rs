@@ -317,6 +317,84 @@ fn dots_match_scalar_on_model_rows() {
     }
 }
 
+/// Every type with a multi-row kernel (`Kernels::*_rows`).
+const ROWS_TYPES: [GgmlType; 5] = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::IQ4_NL, GgmlType::IQ1_S];
+
+/// The multi-row kernel of `ty` over the activation rows in `a` (back to back), one output each.
+fn simd_rows(k: Kernels, ty: GgmlType, w: &[u8], a: &Acts, out: &mut [f32]) {
+    use GgmlType::*;
+    match (ty, a) {
+        (Q4_1, Acts::Q8_1(a)) => k.vec_dot_q4_1_q8_1_rows(w, a, out),
+        (Q8_0, Acts::Q8_0(a)) => k.vec_dot_q8_0_q8_0_rows(w, a, out),
+        (Q4_0, Acts::Q8_0(a)) => k.vec_dot_q4_0_q8_0_rows(w, a, out),
+        (IQ4_NL, Acts::Q8_0(a)) => k.vec_dot_iq4_nl_q8_0_rows(w, a, out),
+        (IQ1_S, Acts::Q8K(a)) => k.vec_dot_iq1_s_q8_k_rows(w, a, out),
+        _ => panic!("{ty} has no multi-row kernel"),
+    }
+}
+
+/// Row `t` of the `n_rows` activation rows in `a`.
+fn acts_row(a: &Acts, n_rows: usize, t: usize) -> Acts {
+    fn row<B: Clone>(v: &[B], n_rows: usize, t: usize) -> Vec<B> {
+        let n = v.len() / n_rows;
+        v[t * n..(t + 1) * n].to_vec()
+    }
+    match a {
+        Acts::Q8_0(v) => Acts::Q8_0(row(v, n_rows, t)),
+        Acts::Q8_1(v) => Acts::Q8_1(row(v, n_rows, t)),
+        Acts::Q8K(v) => Acts::Q8K(row(v, n_rows, t)),
+    }
+}
+
+/// Quantizes each of `n_rows` rows of `x` separately, as the matmul does, into one buffer.
+fn quantize_rows(ty: GgmlType, x: &[f32], n_rows: usize) -> Acts {
+    let n = x.len() / n_rows;
+    let rows: Vec<Acts> = x.chunks_exact(n).map(|r| quantize_for(ty, r)).collect();
+    match &rows[0] {
+        Acts::Q8_0(_) => {
+            Acts::Q8_0(rows.iter().flat_map(|r| if let Acts::Q8_0(v) = r { v.clone() } else { vec![] }).collect())
+        }
+        Acts::Q8_1(_) => {
+            Acts::Q8_1(rows.iter().flat_map(|r| if let Acts::Q8_1(v) = r { v.clone() } else { vec![] }).collect())
+        }
+        Acts::Q8K(_) => {
+            Acts::Q8K(rows.iter().flat_map(|r| if let Acts::Q8K(v) = r { v.clone() } else { vec![] }).collect())
+        }
+    }
+}
+
+#[test]
+fn multi_row_dots_match_single_row_dots() {
+    // Goal: each multi-row kernel gives, for every activation row, the bits of the single-row
+    // scalar reference, on every path this CPU runs (scalar included); method: 1..=9 rows
+    // (whole groups and every remainder) × ragged block counts × random and model-like blocks.
+    let mut paths = simd_paths();
+    paths.insert(0, Kernels::scalar());
+    for ty in ROWS_TYPES {
+        let mut rng = StdRng::seed_from_u64(4242 + ty.id() as u64);
+        for n_rows in 1..=9 {
+            for n_blocks in [1, 2, 3, 4, 5, 7, 8, 13, 18] {
+                let w = random_blocks(&mut rng, ty, n_blocks);
+                let x = random_acts(&mut rng, n_rows * n_blocks * ty.block_size());
+                let a = quantize_rows(ty, &x, n_rows);
+                let want: Vec<f32> = (0..n_rows).map(|t| reference(ty, &w, &acts_row(&a, n_rows, t), false)).collect();
+                for &k in &paths {
+                    let mut got = vec![f32::NAN; n_rows];
+                    simd_rows(k, ty, &w, &a, &mut got);
+                    for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{} {ty} row {t} of {n_rows}, {n_blocks} blocks: {g:e} vs scalar {w:e}",
+                            k.isa().name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Equal bits, or both NaN (NaN payloads are not part of the contract).
 fn same(a: f32, b: f32) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())

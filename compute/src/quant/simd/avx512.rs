@@ -11,8 +11,8 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::avx2::{
-    f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32_x4, iq1_s_sub_block, lane, load16,
-    load32, load32_i8, nibbles, sub, sub_i8,
+    f16_at, f16x4, fuse4_nibble_blocks, fuse4_scaled, fuse_tail_nibble_blocks, hsum8, hsum_i32_x4, in_row_groups,
+    iq1_s_sub_block, lane, load16, load32, load32_i8, nibbles, scales4, split_rows, sub, sub_i8, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::quant::tables::KVALUES_IQ4NL;
@@ -129,6 +129,164 @@ pub unsafe fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
         acc1 = d.mul_add(sumi1 as f32, acc1);
     }
     IQ1S_DELTA.mul_add(acc1, hsum8(acc))
+}
+
+/// [`vec_dot_q4_1_q8_1`] for `R` activation rows: per output, the same operations in the same
+/// order; the nibbles and scales of each block are decoded once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q4_1_rows<const R: usize>(w: &[u8], a: &[BlockQ8_1], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8_1]; R] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut summs = [0.0f32; R];
+    for (b, blk) in w.chunks_exact(20).take(nb).enumerate() {
+        let dm = f16x4(blk, 0);
+        let (d, m) = (lane::<0>(dm), lane::<1>(dm));
+        let x = nibbles(sub(blk, 4));
+        for ((acc, summs), ys) in acc.iter_mut().zip(&mut summs).zip(&ys) {
+            let y = &ys[b];
+            *summs = m.mul_add(y.s, *summs);
+            let lanes = dot4(x, load32_i8(&y.qs));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
+        }
+    }
+    for ((o, acc), summs) in out.iter_mut().zip(acc).zip(summs) {
+        *o = hsum8(acc) + summs;
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_1_q8_1_rows(w: &[u8], a: &[BlockQ8_1], out: &mut [f32]) {
+    in_row_groups!(q4_1_rows, w, a, out)
+}
+
+/// [`vec_dot_q8_0_q8_0`] for `R` activation rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q8_0_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8_0]; R] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, blk) in w.chunks_exact(34).take(nb).enumerate() {
+        let d = f16_at(blk, 0);
+        let x = load32(sub(blk, 2));
+        let ax = _mm256_abs_epi8(x);
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            let lanes = dot4(ax, _mm256_sign_epi8(load32_i8(&y.qs), x));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
+        }
+    }
+    for (o, acc) in out.iter_mut().zip(acc) {
+        *o = hsum8(acc);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q8_0_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+    in_row_groups!(q8_0_rows, w, a, out)
+}
+
+/// [`nibble_blocks_dot`] for `R` activation rows: four blocks are decoded at a time, then each
+/// row's block sums are fused into its accumulator in block order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32], table: __m128i) {
+    let table = _mm256_broadcastsi128_si256(table);
+    let ys: [&[BlockQ8_0]; R] = split_rows(a, nb);
+    let n = (w.len() / 18).min(nb);
+    let w = &w[..n * 18];
+    let mut acc = [0.0f32; R];
+    let mut w4 = w.chunks_exact(72);
+    for (g, w4) in w4.by_ref().enumerate() {
+        let v: [__m256i; 4] = std::array::from_fn(|i| _mm256_shuffle_epi8(table, nibbles(sub(w4, 18 * i + 2))));
+        let av = v.map(|v| _mm256_abs_epi8(v));
+        let wd = scales4(w4, 18);
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
+            let a4 = &ys[4 * g..4 * g + 4];
+            let l = |i: usize| dot4(av[i], _mm256_sign_epi8(load32_i8(&a4[i].qs), v[i]));
+            *acc = fuse4_scaled(*acc, hsum_i32_x4(l(0), l(1), l(2), l(3)), wd, a4);
+        }
+    }
+    let wr = w4.remainder();
+    if !wr.is_empty() {
+        let z = _mm256_setzero_si256();
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
+            let ar = &ys[n - wr.len() / 18..n];
+            let l =
+                |i: usize| if i < ar.len() { nibble_block_lanes(&wr[18 * i..18 * i + 18], &ar[i], table) } else { z };
+            *acc = fuse_tail_nibble_blocks(*acc, hsum_i32_x4(l(0), l(1), l(2), z), wr, ar);
+        }
+    }
+    out.copy_from_slice(&acc);
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q4_0_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+    nibble_rows::<R>(w, a, nb, out, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn iq4_nl_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+    nibble_rows::<R>(w, a, nb, out, load16(&KVALUES_IQ4NL.map(|v| v as u8)))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_0_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+    in_row_groups!(q4_0_rows, w, a, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq4_nl_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+    in_row_groups!(iq4_nl_rows, w, a, out)
+}
+
+/// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn iq1_s_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc1 = [0.0f32; R];
+    for (b, blk) in w.chunks_exact(50).take(nb).enumerate() {
+        let subs: [(__m256i, __m256i, i32); 8] = std::array::from_fn(|ib| {
+            let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+            (grid, _mm256_set1_epi8(ls as i8), ls * delta)
+        });
+        let dw = f16_at(blk, 0);
+        for ((acc, acc1), ys) in acc.iter_mut().zip(&mut acc1).zip(&ys) {
+            let y = &ys[b];
+            let mut lanes = _mm256_setzero_si256();
+            let mut sumi1 = 0i32;
+            for (ib, &(grid, ls, ls_delta)) in subs.iter().enumerate() {
+                let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
+                lanes = _mm256_dpbusd_epi32(lanes, ls, prod);
+                sumi1 += ls_delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);
+            }
+            let d = y.d * dw;
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), *acc);
+            *acc1 = d.mul_add(sumi1 as f32, *acc1);
+        }
+    }
+    for ((o, acc), acc1) in out.iter_mut().zip(acc).zip(acc1) {
+        *o = IQ1S_DELTA.mul_add(acc1, hsum8(acc));
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq1_s_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(iq1_s_rows, w, a, out)
 }
 
 /// Sixteen f16 from `x[at..at + 16]`, as raw bits.
