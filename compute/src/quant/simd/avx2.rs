@@ -524,6 +524,7 @@ pub unsafe fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
 /// Activation rows taken per call of a multi-row kernel: each decoded weight block stays in
 /// registers for this many rows (the accumulators of four rows and the decoded block fit easily).
 pub(super) const ROWS_PER_GROUP: usize = 4;
+const _: () = assert!(ROWS_PER_GROUP <= 4, "rows_s packs a group's rows into one 4-lane vector");
 
 /// Runs the multi-row kernel `$kernel::<R>(w, rows, n_blocks, out)` over the activation rows of
 /// `$a` (`$out.len()` rows of equal length, back to back) in groups of [`ROWS_PER_GROUP`], then
@@ -558,6 +559,24 @@ pub(super) fn split_rows<B, const R: usize>(a: &[B], nb: usize) -> [&[B]; R] {
     std::array::from_fn(|r| &a[r * nb..(r + 1) * nb])
 }
 
+/// `ys[r][b].s` for the (at most four) rows, zeros in the unused lanes. Built with plain loads:
+/// left to itself LLVM vectorises the rows' chains with a gather, which is several times slower.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn rows_s<const R: usize>(ys: &[&[BlockQ8_1]; R], b: usize) -> __m128 {
+    let s = |r: usize| if r < R { ys[r][b].s } else { 0.0 };
+    _mm_setr_ps(s(0), s(1), s(2), s(3))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn to_array(v: __m128) -> [f32; 4] {
+    let mut out = [0.0f32; 4];
+    // SAFETY: writes the 16 bytes of `out`; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
 /// [`vec_dot_q4_1_q8_1`] for `R` activation rows: per output, the same operations in the same
 /// order; the nibbles and scales of each block are decoded once.
 #[inline]
@@ -565,19 +584,20 @@ pub(super) fn split_rows<B, const R: usize>(a: &[B], nb: usize) -> [&[B]; R] {
 fn q4_1_rows<const R: usize>(w: &[u8], a: &[BlockQ8_1], nb: usize, out: &mut [f32]) {
     let ys: [&[BlockQ8_1]; R] = split_rows(a, nb);
     let mut acc = [_mm256_setzero_ps(); R];
-    let mut summs = [0.0f32; R];
+    // The rows' `summs` chains side by side, one per lane: the same fused multiply-adds.
+    let mut summs = _mm_setzero_ps();
     for (b, blk) in w.chunks_exact(20).take(nb).enumerate() {
         let dm = f16x4(blk, 0);
         let (d, m) = (lane::<0>(dm), lane::<1>(dm));
+        summs = _mm_fmadd_ps(_mm_set1_ps(m), rows_s(&ys, b), summs);
         let x = nibbles(sub(blk, 4));
-        for ((acc, summs), ys) in acc.iter_mut().zip(&mut summs).zip(&ys) {
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
             let y = &ys[b];
-            *summs = m.mul_add(y.s, *summs);
             let lanes = mul_sum_u8_i8(x, load32_i8(&y.qs));
             *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
         }
     }
-    for ((o, acc), summs) in out.iter_mut().zip(acc).zip(summs) {
+    for ((o, acc), summs) in out.iter_mut().zip(acc).zip(to_array(summs)) {
         *o = hsum8(acc) + summs;
     }
 }

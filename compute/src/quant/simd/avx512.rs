@@ -12,7 +12,8 @@ use half::f16;
 
 use super::avx2::{
     f16_at, f16x4, fuse4_nibble_blocks, fuse4_scaled, fuse_tail_nibble_blocks, hsum8, hsum_i32_x4, in_row_groups,
-    iq1_s_sub_block, lane, load16, load32, load32_i8, nibbles, scales4, split_rows, sub, sub_i8, ROWS_PER_GROUP,
+    iq1_s_sub_block, lane, load16, load32, load32_i8, nibbles, rows_s, scales4, split_rows, sub, sub_i8, to_array,
+    ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::quant::tables::KVALUES_IQ4NL;
@@ -138,19 +139,20 @@ pub unsafe fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
 fn q4_1_rows<const R: usize>(w: &[u8], a: &[BlockQ8_1], nb: usize, out: &mut [f32]) {
     let ys: [&[BlockQ8_1]; R] = split_rows(a, nb);
     let mut acc = [_mm256_setzero_ps(); R];
-    let mut summs = [0.0f32; R];
+    // The rows' `summs` chains side by side, one per lane: the same fused multiply-adds.
+    let mut summs = _mm_setzero_ps();
     for (b, blk) in w.chunks_exact(20).take(nb).enumerate() {
         let dm = f16x4(blk, 0);
         let (d, m) = (lane::<0>(dm), lane::<1>(dm));
+        summs = _mm_fmadd_ps(_mm_set1_ps(m), rows_s(&ys, b), summs);
         let x = nibbles(sub(blk, 4));
-        for ((acc, summs), ys) in acc.iter_mut().zip(&mut summs).zip(&ys) {
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
             let y = &ys[b];
-            *summs = m.mul_add(y.s, *summs);
             let lanes = dot4(x, load32_i8(&y.qs));
             *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
         }
     }
-    for ((o, acc), summs) in out.iter_mut().zip(acc).zip(summs) {
+    for ((o, acc), summs) in out.iter_mut().zip(acc).zip(to_array(summs)) {
         *o = hsum8(acc) + summs;
     }
 }
