@@ -164,15 +164,8 @@ pub(super) fn scales4(w4: &[u8], stride: usize) -> __m128 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn fuse4_nibble_blocks(acc: f32, s: __m128i, w4: &[u8], a4: &[BlockQ8_0]) -> f32 {
-    fuse4_scaled(acc, s, scales4(w4, 18), a4)
-}
-
-/// [`fuse4_nibble_blocks`] with the four weight scales already widened (`scales4(w4, 18)`).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn fuse4_scaled(acc: f32, s: __m128i, wd: __m128, a4: &[BlockQ8_0]) -> f32 {
     let s = _mm_cvtepi32_ps(s);
-    let dy = _mm_mul_ps(wd, _mm_setr_ps(a4[0].d, a4[1].d, a4[2].d, a4[3].d));
+    let dy = _mm_mul_ps(scales4(w4, 18), _mm_setr_ps(a4[0].d, a4[1].d, a4[2].d, a4[3].d));
     let acc = lane::<0>(s).mul_add(lane::<0>(dy), acc);
     let acc = lane::<1>(s).mul_add(lane::<1>(dy), acc);
     let acc = lane::<2>(s).mul_add(lane::<2>(dy), acc);
@@ -638,38 +631,28 @@ pub unsafe fn vec_dot_q8_0_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32])
     in_row_groups!(q8_0_rows, w, a, out)
 }
 
-/// [`nibble_blocks_dot`] for `R` activation rows: four blocks are decoded at a time, then each
-/// row's block sums are fused into its accumulator in block order.
+/// [`nibble_blocks_dot`] for `R` (at most four) activation rows. The reference fuses one block
+/// at a time into one scalar chain per row; here the rows' chains run side by side in the lanes
+/// of one vector, block by block, which is the same fused multiply-add per row and block
+/// (`fma(sum, d·y.d, acc)`), and each block is decoded once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn nibble_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32], table: __m128i) {
     let table = _mm256_broadcastsi128_si256(table);
     let ys: [&[BlockQ8_0]; R] = split_rows(a, nb);
     let n = (w.len() / 18).min(nb);
-    let w = &w[..n * 18];
-    let mut acc = [0.0f32; R];
-    let mut w4 = w.chunks_exact(72);
-    for (g, w4) in w4.by_ref().enumerate() {
-        let v: [__m256i; 4] = std::array::from_fn(|i| _mm256_shuffle_epi8(table, nibbles(sub(w4, 18 * i + 2))));
-        let av = v.map(|v| _mm256_abs_epi8(v));
-        let wd = scales4(w4, 18);
-        for (acc, ys) in acc.iter_mut().zip(&ys) {
-            let a4 = &ys[4 * g..4 * g + 4];
-            let l = |i: usize| mul_sum_u8_i8(av[i], _mm256_sign_epi8(load32_i8(&a4[i].qs), v[i]));
-            *acc = fuse4_scaled(*acc, hsum_i32_x4(l(0), l(1), l(2), l(3)), wd, a4);
-        }
+    let z = _mm256_setzero_si256();
+    let mut acc = _mm_setzero_ps();
+    for (b, blk) in w[..n * 18].chunks_exact(18).enumerate() {
+        let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
+        let av = _mm256_abs_epi8(v);
+        let l = |r: usize| if r < R { mul_sum_u8_i8(av, _mm256_sign_epi8(load32_i8(&ys[r][b].qs), v)) } else { z };
+        let s = _mm_cvtepi32_ps(hsum_i32_x4(l(0), l(1), l(2), l(3)));
+        let yd = |r: usize| if r < R { ys[r][b].d } else { 0.0 };
+        let dy = _mm_mul_ps(_mm_set1_ps(f16_at(blk, 0)), _mm_setr_ps(yd(0), yd(1), yd(2), yd(3)));
+        acc = _mm_fmadd_ps(s, dy, acc);
     }
-    let wr = w4.remainder();
-    if !wr.is_empty() {
-        let z = _mm256_setzero_si256();
-        for (acc, ys) in acc.iter_mut().zip(&ys) {
-            let ar = &ys[n - wr.len() / 18..n];
-            let l =
-                |i: usize| if i < ar.len() { nibble_block_lanes(&wr[18 * i..18 * i + 18], &ar[i], table) } else { z };
-            *acc = fuse_tail_nibble_blocks(*acc, hsum_i32_x4(l(0), l(1), l(2), z), wr, ar);
-        }
-    }
-    out.copy_from_slice(&acc);
+    out.copy_from_slice(&to_array(acc)[..R]);
 }
 
 #[inline]
