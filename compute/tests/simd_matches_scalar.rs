@@ -406,7 +406,8 @@ fn random_f16s(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f16> {
 
 #[test]
 fn attention_kernels_match_scalar() {
-    // Goal: the f16 dot product and the f16 accumulator updates of attention are bit-identical;
+    // Goal: the f16 dot product, the f16 accumulator updates and the tiled variant's f32 value
+    // accumulation of attention are bit-identical;
     // method: random vectors of every length up to 300 (whole 64-groups and tails).
     for k in simd_paths() {
         let name = k.isa().name();
@@ -426,6 +427,11 @@ fn attention_kernels_match_scalar() {
                 ops::f16_axpy_ref(&mut want, &v, s);
                 k.f16_axpy(&mut got, &v, s);
                 assert!(want.iter().zip(&got).all(|(a, b)| same(a.to_f32(), b.to_f32())), "{name} f16_axpy n={n}");
+                let acc32: Vec<f32> = random_f16s(&mut rng, n, 2.0).iter().map(|v| v.to_f32() * 1.3).collect();
+                let (mut want32, mut got32) = (acc32.clone(), acc32);
+                ops::f32_axpy_f16_ref(&mut want32, &v, s);
+                k.f32_axpy_f16(&mut got32, &v, s);
+                assert!(want32.iter().zip(&got32).all(|(&a, &b)| same(a, b)), "{name} f32_axpy_f16 n={n}");
                 ops::f16_scale_ref(&mut want, s);
                 k.f16_scale(&mut got, s);
                 assert!(want.iter().zip(&got).all(|(a, b)| same(a.to_f32(), b.to_f32())), "{name} f16_scale n={n}");

@@ -908,6 +908,25 @@ pub unsafe fn f16_axpy(acc: &mut [f16], v: &[f16], s: f32) {
     }
 }
 
+/// `acc[i] += w·v[i]` in f32, multiplied then added as two roundings (`ops::f32_axpy_f16_ref`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f32_axpy_f16(acc: &mut [f32], v: &[f16], w: f32) {
+    let n = acc.len().min(v.len()) / 8 * 8;
+    let wv = _mm256_set1_ps(w);
+    for (a, i) in acc[..n].chunks_exact_mut(8).zip((0..n).step_by(8)) {
+        let r = _mm256_add_ps(load8_f32(a), _mm256_mul_ps(wv, _mm256_cvtph_ps(load8_f16(v, i))));
+        let a: &mut [f32; 8] = a.try_into().expect("eight floats");
+        // SAFETY: writes the 8 floats of `a`; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), r) }
+    }
+    for (a, x) in acc[n..].iter_mut().zip(&v[n..]) {
+        *a += w * x.to_f32();
+    }
+}
+
 /// `acc[i] = f16(acc[i]·s)` (`ops::f16_scale_ref`).
 ///
 /// # Safety

@@ -272,6 +272,12 @@ impl Kernels {
         dispatch!(self, f16_axpy, ops::f16_axpy_ref, (acc, v, s))
     }
 
+    /// `ops::f32_axpy_f16_ref`: `acc[i] += w·v[i]`, not fused.
+    pub fn f32_axpy_f16(self, acc: &mut [f32], v: &[f16], w: f32) {
+        assert_eq!(acc.len(), v.len(), "axpy of unequal lengths");
+        dispatch!(self, f32_axpy_f16, ops::f32_axpy_f16_ref, (acc, v, w))
+    }
+
     /// `ops::f16_scale_ref`: `acc[i] = f16(acc[i]·s)`.
     pub fn f16_scale(self, acc: &mut [f16], s: f32) {
         dispatch!(self, f16_scale, ops::f16_scale_ref, (acc, s))
