@@ -213,6 +213,9 @@ fn dot_rows(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, out: &mut 
         (Some(VecDotType::Q8_0), Q4_0) => k.vec_dot_q4_0_q8_0_rows(w, &acts.q8_0[..n / 32], out),
         (Some(VecDotType::Q8_0), IQ4_NL) => k.vec_dot_iq4_nl_q8_0_rows(w, &acts.q8_0[..n / 32], out),
         (Some(VecDotType::Q8K), IQ1_S) => k.vec_dot_iq1_s_q8_k_rows(w, &acts.q8k[..n / 256], out),
+        (Some(VecDotType::Q8K), Q4_K) => k.vec_dot_q4_k_q8_k_rows(w, &acts.q8k[..n / 256], out),
+        (Some(VecDotType::Q8K), Q5_K) => k.vec_dot_q5_k_q8_k_rows(w, &acts.q8k[..n / 256], out),
+        (Some(VecDotType::Q8K), Q6_K) => k.vec_dot_q6_k_q8_k_rows(w, &acts.q8k[..n / 256], out),
         _ => return false,
     }
     true

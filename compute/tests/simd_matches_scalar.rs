@@ -318,7 +318,16 @@ fn dots_match_scalar_on_model_rows() {
 }
 
 /// Every type with a multi-row kernel (`Kernels::*_rows`).
-const ROWS_TYPES: [GgmlType; 5] = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::IQ4_NL, GgmlType::IQ1_S];
+const ROWS_TYPES: [GgmlType; 8] = [
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ1_S,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
 
 /// The multi-row kernel of `ty` over the activation rows in `a` (back to back), one output each.
 fn simd_rows(k: Kernels, ty: GgmlType, w: &[u8], a: &Acts, out: &mut [f32]) {
@@ -329,6 +338,9 @@ fn simd_rows(k: Kernels, ty: GgmlType, w: &[u8], a: &Acts, out: &mut [f32]) {
         (Q4_0, Acts::Q8_0(a)) => k.vec_dot_q4_0_q8_0_rows(w, a, out),
         (IQ4_NL, Acts::Q8_0(a)) => k.vec_dot_iq4_nl_q8_0_rows(w, a, out),
         (IQ1_S, Acts::Q8K(a)) => k.vec_dot_iq1_s_q8_k_rows(w, a, out),
+        (Q4_K, Acts::Q8K(a)) => k.vec_dot_q4_k_q8_k_rows(w, a, out),
+        (Q5_K, Acts::Q8K(a)) => k.vec_dot_q5_k_q8_k_rows(w, a, out),
+        (Q6_K, Acts::Q8K(a)) => k.vec_dot_q6_k_q8_k_rows(w, a, out),
         _ => panic!("{ty} has no multi-row kernel"),
     }
 }

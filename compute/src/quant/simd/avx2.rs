@@ -720,6 +720,160 @@ pub unsafe fn vec_dot_iq1_s_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32])
     in_row_groups!(iq1_s_rows, w, a, out)
 }
 
+/// [`k_block_sums`]'s unpacked super-block: the eight 32-element runs of 4-bit (Q4_K) or 5-bit
+/// (Q5_K) values, and their scales and mins.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k_block_unpack(head: &[u8], qh: Option<&[u8; 32]>, qs: &[u8]) -> ([__m256i; 8], [i16; 8], __m256i) {
+    let scales = &head[4..16];
+    let low = _mm256_set1_epi8(0x0F);
+    let high = qh.map(|h| load32(h));
+    let mut xs = [_mm256_setzero_si256(); 8];
+    let mut scs = [0i16; 8];
+    let mut ms = [0i16; 16];
+    for p in 0..4 {
+        let q = load32(sub(qs, 32 * p));
+        for (h, nib) in
+            [_mm256_and_si256(q, low), _mm256_and_si256(_mm256_srli_epi16(q, 4), low)].into_iter().enumerate()
+        {
+            let j = 2 * p + h;
+            let (sc, m) = scale_min_k4(j, scales);
+            xs[j] = match high {
+                Some(qh) => _mm256_or_si256(
+                    nib,
+                    _mm256_slli_epi16(
+                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1)),
+                        4,
+                    ),
+                ),
+                None => nib,
+            };
+            scs[j] = sc as i16;
+            ms[2 * j] = m as i16;
+            ms[2 * j + 1] = m as i16;
+        }
+    }
+    // SAFETY: reads the 32 bytes of `ms`; `loadu` has no alignment requirement.
+    (xs, scs, unsafe { _mm256_loadu_si256(ms.as_ptr().cast()) })
+}
+
+/// [`vec_dot_q4_k_q8_k`] / [`vec_dot_q5_k_q8_k`] for `R` activation rows (`stride`: block
+/// bytes, `qh_at`/`qs_at`: where the high bits and nibbles start). Each row's block values are
+/// summed as `Iterator::sum` does in the single-row kernels: from its starting value, in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32], q5: bool) {
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let mut sum = [std::iter::empty::<f32>().sum::<f32>(); R];
+    let stride = if q5 { 176 } else { 144 };
+    for (b, blk) in w.chunks_exact(stride).take(nb).enumerate() {
+        let (xs, scs, ms) = if q5 {
+            k_block_unpack(&blk[..16], Some(sub(blk, 16)), &blk[48..176])
+        } else {
+            k_block_unpack(&blk[..16], None, &blk[16..144])
+        };
+        let (dw, mw) = (f16_at(blk, 0), f16_at(blk, 2));
+        for (sum, ys) in sum.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            let mut acc = _mm256_setzero_si256();
+            for j in 0..8 {
+                // 5-bit values × |activations| ≤ 127: pair sums ≤ 7874.
+                let p16 = _mm256_maddubs_epi16(xs[j], load32_i8(sub_i8(&y.qs, 32 * j)));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(scs[j])));
+            }
+            // Σ mⱼ·(bsums[2j] + bsums[2j + 1]): 6-bit mins × 16-element sums, exact in i32.
+            // SAFETY: reads the 32 bytes of `bsums` ([i16; 16]); `loadu` has no alignment requirement.
+            let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+            let summ = hsum_i32(_mm256_madd_epi16(bsums, ms));
+            let d = y.d * dw;
+            let dmin = y.d * mw;
+            *sum += d * hsum_i32(acc) as f32 - dmin * summ as f32;
+        }
+    }
+    out.copy_from_slice(&sum);
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q4_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    k_rows::<R>(w, a, nb, out, false)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q5_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    k_rows::<R>(w, a, nb, out, true)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q4_k_rows, w, a, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q5_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q5_k_rows, w, a, out)
+}
+
+/// [`vec_dot_q6_k_q8_k`] for `R` activation rows: the 6-bit values, their magnitudes and the
+/// scale pairs of each block are unpacked once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let mut sum = [0.0f32; R];
+    let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+    let shl4 = |v: __m256i| _mm256_slli_epi16(v, 4);
+    let z = _mm256_setzero_si256();
+    for (b, blk) in w.chunks_exact(210).take(nb).enumerate() {
+        let scales = sub::<16>(blk, 192);
+        let dw = lane::<3>(f16x4(blk, 202));
+        // Run i covers elements 32i..32i + 32: (value, |value|, its two scales).
+        let mut runs = [(z, z, z); 8];
+        for half in 0..2 {
+            let ql0 = load32(sub(blk, half * 64));
+            let ql1 = load32(sub(blk, half * 64 + 32));
+            let qh = load32(sub(blk, 128 + half * 32));
+            let qh_at = |s: i32| _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s)), two);
+            let v = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low), shl4(qh_at(0))),
+                _mm256_or_si256(_mm256_and_si256(ql1, low), shl4(qh_at(2))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), shl4(qh_at(4))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), shl4(qh_at(6))),
+            ];
+            for (r, v) in v.into_iter().enumerate() {
+                let x = _mm256_sub_epi8(v, _mm256_set1_epi8(32));
+                let j = (half * 128 + r * 32) / 16;
+                let sc = split_i16(scales[j] as i8 as i16, scales[j + 1] as i8 as i16);
+                runs[half * 4 + r] = (x, _mm256_abs_epi8(x), sc);
+            }
+        }
+        for (sum, ys) in sum.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            let mut acc = _mm256_setzero_si256();
+            for (i, &(x, ax, sc)) in runs.iter().enumerate() {
+                // |values| ≤ 32: pair sums ≤ 8128.
+                let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * i)), x));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+            }
+            let d = dw * y.d;
+            *sum += d * hsum_i32(acc) as f32;
+        }
+    }
+    out.copy_from_slice(&sum);
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q6_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q6_k_rows, w, a, out)
+}
+
 /// `max |x|` over a multiple of 8 floats, ignoring NaNs as `f32::max` does.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -12,7 +12,8 @@ use half::f16;
 
 use super::avx2::{
     f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32_x4, in_row_groups, iq1_s_sub_block,
-    lane, load16, load32, load32_i8, nibbles, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
+    lane, load16, load32, load32_i8, nibbles, q4_k_rows, q5_k_rows, q6_k_rows, rows_s, split_rows, sub, sub_i8,
+    to_array, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::quant::tables::KVALUES_IQ4NL;
@@ -280,6 +281,30 @@ fn iq1_s_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f3
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_iq1_s_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
     in_row_groups!(iq1_s_rows, w, a, out)
+}
+
+/// The AVX2 multi-row K-quant kernels, compiled here with all 32 vector registers: the unpacked
+/// super-block stays in registers across the rows.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q4_k_rows, w, a, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q5_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q5_k_rows, w, a, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q6_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q6_k_rows, w, a, out)
 }
 
 /// Sixteen f16 from `x[at..at + 16]`, as raw bits.

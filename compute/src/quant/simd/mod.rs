@@ -237,6 +237,21 @@ impl Kernels {
         dispatch_rows!(self, vec_dot_iq1_s_q8_k_rows, vec_dot_iq1_s_q8_k, (w, a, out))
     }
 
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q4_k_q8_k`].
+    pub fn vec_dot_q4_k_q8_k_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q4_k_q8_k_rows, vec_dot_q4_k_q8_k, (w, a, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q5_k_q8_k`].
+    pub fn vec_dot_q5_k_q8_k_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q5_k_q8_k_rows, vec_dot_q5_k_q8_k, (w, a, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q6_k_q8_k`].
+    pub fn vec_dot_q6_k_q8_k_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q6_k_q8_k_rows, vec_dot_q6_k_q8_k, (w, a, out))
+    }
+
     /// The single-row kernel `single` once per activation row: the fallback of the `_rows` kernels.
     fn rows_one_by_one<B>(self, w: &[u8], a: &[B], out: &mut [f32], single: impl Fn(Kernels, &[u8], &[B]) -> f32) {
         if out.is_empty() {
