@@ -237,9 +237,22 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], out: &mut [f32], acts: &mut QuantizedA
     }
     tmp.resize(n_rows * w.n_out, 0.0);
     tmp.par_chunks_mut(ROWS_PER_TASK * n_rows).enumerate().for_each(|(c, chunk)| compute(c * ROWS_PER_TASK, chunk));
-    for r in 0..w.n_out {
-        for t in 0..n_rows {
-            out[t * w.n_out + r] = tmp[r * n_rows + t];
+    transpose_rows(tmp, n_rows, out);
+}
+
+/// `out[t * n_out + r] = by_weight_row[r * n_rows + t]`: results laid out weight row by weight row
+/// into activation row by activation row. Sixteen weight rows at a time, so every write fills
+/// whole cache lines and the reads stay within a few KiB (one element at a time in `out`'s
+/// order ran at a tenth of the speed for 128-row batches).
+pub(crate) fn transpose_rows(by_weight_row: &[f32], n_rows: usize, out: &mut [f32]) {
+    const TILE: usize = 16;
+    let n_out = out.len() / n_rows.max(1);
+    for (i, tile) in by_weight_row.chunks(TILE * n_rows).enumerate() {
+        let (r0, n) = (i * TILE, tile.len() / n_rows);
+        for (t, o) in out.chunks_exact_mut(n_out).enumerate() {
+            for (j, v) in o[r0..r0 + n].iter_mut().enumerate() {
+                *v = tile[j * n_rows + t];
+            }
         }
     }
 }
@@ -296,6 +309,21 @@ mod tests {
                 acts.q8k[..n / 256].iter().flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64)).collect()
             }
             _ => acts.f32[..n].iter().map(|&v| v as f64).collect(),
+        }
+    }
+
+    #[test]
+    fn transpose_rows_moves_every_value() {
+        // Goal: the tiled transposition equals the element-wise one; method: ragged tiles.
+        for (n_rows, n_out) in [(1, 5), (2, 16), (5, 37), (9, 33)] {
+            let by_weight_row: Vec<f32> = (0..n_rows * n_out).map(|i| i as f32).collect();
+            let mut out = vec![f32::NAN; n_rows * n_out];
+            transpose_rows(&by_weight_row, n_rows, &mut out);
+            for r in 0..n_out {
+                for t in 0..n_rows {
+                    assert_eq!(out[t * n_out + r], by_weight_row[r * n_rows + t], "{n_rows}×{n_out} at {t},{r}");
+                }
+            }
         }
     }
 
