@@ -365,6 +365,14 @@ pub unsafe fn vec_dot_q2_k_q8_k(w: &[u8], a: &[BlockQ8K], halves: bool) -> f32 {
     acc - acc_min
 }
 
+/// Sixteen i16 as one vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load16_i16(x: &[i16; 16]) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of `x`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
+}
+
 /// `N` activations of a Q8_K block from `at`.
 #[inline(always)]
 pub(super) fn sub_i8<const N: usize>(b: &[i8], at: usize) -> &[i8; N] {
@@ -681,7 +689,8 @@ pub unsafe fn vec_dot_iq4_nl_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32
     in_row_groups!(iq4_nl_rows, w, a, out)
 }
 
-/// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once.
+/// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once,
+/// and the delta term's Σ ls·delta·(16-element sums) is one `madd` (|ls·delta| ≤ 15, sums ≤ 2032: exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn iq1_s_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
@@ -690,19 +699,27 @@ fn iq1_s_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f3
     let mut acc1 = [0.0f32; R];
     let ones = _mm256_set1_epi8(1);
     for (b, blk) in w.chunks_exact(50).take(nb).enumerate() {
-        let subs: [(__m256i, i32, i32); 8] = std::array::from_fn(|ib| iq1_s_sub_block(blk, ib));
+        let z = _mm256_setzero_si256();
+        let mut subs = [(z, 0i16); 8];
+        let mut ls_delta = [0i16; 16];
+        for (ib, sb) in subs.iter_mut().enumerate() {
+            let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+            *sb = (grid, ls as i16);
+            ls_delta[2 * ib] = (ls * delta) as i16;
+            ls_delta[2 * ib + 1] = (ls * delta) as i16;
+        }
+        let ls_delta = load16_i16(&ls_delta);
         let dw = f16_at(blk, 0);
         for ((acc, acc1), ys) in acc.iter_mut().zip(&mut acc1).zip(&ys) {
             let y = &ys[b];
             let mut lanes = _mm256_setzero_si256();
-            let mut sumi1 = 0i32;
-            for (ib, &(grid, ls, delta)) in subs.iter().enumerate() {
+            for (ib, &(grid, ls)) in subs.iter().enumerate() {
                 // As in the single-row kernel: `sign` is the exact product; pair sums ≤ 254.
                 let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
                 let pairs = _mm256_maddubs_epi16(ones, prod);
-                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls as i16)));
-                sumi1 += ls * delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);
+                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls)));
             }
+            let sumi1 = hsum_i32(_mm256_madd_epi16(load16_i16(&y.bsums), ls_delta));
             let d = y.d * dw;
             *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), *acc);
             *acc1 = d.mul_add(sumi1 as f32, *acc1);

@@ -11,9 +11,9 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::avx2::{
-    f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32_x4, in_row_groups, iq1_s_sub_block,
-    lane, load16, load32, load32_i8, nibbles, q4_k_rows, q5_k_rows, q6_k_rows, rows_s, split_rows, sub, sub_i8,
-    to_array, ROWS_PER_GROUP,
+    f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, in_row_groups,
+    iq1_s_sub_block, lane, load16, load16_i16, load32, load32_i8, nibbles, q4_k_rows, q5_k_rows, q6_k_rows, rows_s,
+    split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::quant::tables::KVALUES_IQ4NL;
@@ -242,7 +242,8 @@ pub unsafe fn vec_dot_iq4_nl_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32
     in_row_groups!(iq4_nl_rows, w, a, out)
 }
 
-/// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once.
+/// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once,
+/// and the delta term's Σ ls·delta·(16-element sums) is one `madd` (|ls·delta| ≤ 15, sums ≤ 2032: exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn iq1_s_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
@@ -251,21 +252,24 @@ fn iq1_s_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f3
     let mut acc1 = [0.0f32; R];
     let z = _mm256_setzero_si256();
     for (b, blk) in w.chunks_exact(50).take(nb).enumerate() {
-        let mut subs = [(z, z, 0i32); 8];
+        let mut subs = [(z, z); 8];
+        let mut ls_delta = [0i16; 16];
         for (ib, sb) in subs.iter_mut().enumerate() {
             let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
-            *sb = (grid, _mm256_set1_epi8(ls as i8), ls * delta);
+            *sb = (grid, _mm256_set1_epi8(ls as i8));
+            ls_delta[2 * ib] = (ls * delta) as i16;
+            ls_delta[2 * ib + 1] = (ls * delta) as i16;
         }
+        let ls_delta = load16_i16(&ls_delta);
         let dw = f16_at(blk, 0);
         for ((acc, acc1), ys) in acc.iter_mut().zip(&mut acc1).zip(&ys) {
             let y = &ys[b];
             let mut lanes = _mm256_setzero_si256();
-            let mut sumi1 = 0i32;
-            for (ib, &(grid, ls, ls_delta)) in subs.iter().enumerate() {
+            for (ib, &(grid, ls)) in subs.iter().enumerate() {
                 let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
                 lanes = _mm256_dpbusd_epi32(lanes, ls, prod);
-                sumi1 += ls_delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);
             }
+            let sumi1 = hsum_i32(_mm256_madd_epi16(load16_i16(&y.bsums), ls_delta));
             let d = y.d * dw;
             *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), *acc);
             *acc1 = d.mul_add(sumi1 as f32, *acc1);
