@@ -378,13 +378,13 @@ fn quantize_rows(ty: GgmlType, x: &[f32], n_rows: usize) -> Acts {
 #[test]
 fn multi_row_dots_match_single_row_dots() {
     // Goal: each multi-row kernel gives, for every activation row, the bits of the single-row
-    // scalar reference, on every path this CPU runs (scalar included); method: 1..=9 rows
-    // (whole groups and every remainder) × ragged block counts × random and model-like blocks.
+    // scalar reference, on every path this CPU runs (scalar included); method: 1..=9, 12, 13 and 17
+    // rows (whole groups of four and eight, and every remainder) × ragged block counts.
     let mut paths = simd_paths();
     paths.insert(0, Kernels::scalar());
     for ty in ROWS_TYPES {
         let mut rng = StdRng::seed_from_u64(4242 + ty.id() as u64);
-        for n_rows in 1..=9 {
+        for n_rows in (1..=9).chain([12, 13, 17]) {
             for n_blocks in [1, 2, 3, 4, 5, 7, 8, 13, 18] {
                 let w = random_blocks(&mut rng, ty, n_blocks);
                 let x = random_acts(&mut rng, n_rows * n_blocks * ty.block_size());

@@ -216,30 +216,79 @@ fn nibble_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [
     out.copy_from_slice(&to_array(acc)[..R]);
 }
 
+/// The lane sums of eight vectors: `[Σv0, …, Σv7]` (exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn q4_0_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
-    nibble_rows::<R>(w, a, nb, out, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+fn hsum_i32_x8(v: [__m256i; 8]) -> __m256i {
+    let h = |a: __m256i, b: __m256i, c: __m256i, d: __m256i| {
+        _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d))
+    };
+    // Low 128-bit halves hold the sums of each vector's low halves, high ones of its high halves.
+    let (h0, h1) = (h(v[0], v[1], v[2], v[3]), h(v[4], v[5], v[6], v[7]));
+    _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(h0, h1), _mm256_permute2x128_si256::<0x31>(h0, h1))
 }
 
+/// [`nibble_rows`] for exactly eight activation rows, their chains in the lanes of one 8-lane
+/// vector: one block-sum reduction, conversion, scale product and fused multiply-add per block
+/// for all eight.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn iq4_nl_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
-    nibble_rows::<R>(w, a, nb, out, load16(&KVALUES_IQ4NL.map(|v| v as u8)))
+fn nibble_rows8(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32], table: __m256i) {
+    let ys: [&[BlockQ8_0]; 8] = split_rows(a, nb);
+    let n = (w.len() / 18).min(nb);
+    let mut acc = _mm256_setzero_ps();
+    for (b, blk) in w[..n * 18].chunks_exact(18).enumerate() {
+        let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
+        let av = _mm256_abs_epi8(v);
+        let l = |r: usize| dot4(av, _mm256_sign_epi8(load32_i8(&ys[r][b].qs), v));
+        let s = _mm256_cvtepi32_ps(hsum_i32_x8([l(0), l(1), l(2), l(3), l(4), l(5), l(6), l(7)]));
+        let yd = |r: usize| ys[r][b].d;
+        let yd = _mm256_setr_ps(yd(0), yd(1), yd(2), yd(3), yd(4), yd(5), yd(6), yd(7));
+        acc = _mm256_fmadd_ps(s, _mm256_mul_ps(_mm256_set1_ps(f16_at(blk, 0)), yd), acc);
+    }
+    let out: &mut [f32; 8] = out.try_into().expect("eight rows");
+    // SAFETY: writes the 8 floats of `out`; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) }
+}
+
+/// [`nibble_rows`] over every activation row: eight at a time, then up to four at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_rows_all(w: &[u8], a: &[BlockQ8_0], out: &mut [f32], table: __m128i) {
+    if out.is_empty() {
+        return;
+    }
+    let n_rows = out.len();
+    let nb = a.len() / n_rows;
+    let mut groups = out.chunks_exact_mut(8);
+    for (g, o) in groups.by_ref().enumerate() {
+        nibble_rows8(w, &a[8 * g * nb..8 * (g + 1) * nb], nb, o, _mm256_broadcastsi128_si256(table));
+    }
+    let rest = groups.into_remainder();
+    let a = &a[(n_rows - rest.len()) * nb..];
+    for (i, o) in rest.chunks_mut(4).enumerate() {
+        let a = &a[4 * i * nb..(4 * i + o.len()) * nb];
+        match o.len() {
+            1 => nibble_rows::<1>(w, a, nb, o, table),
+            2 => nibble_rows::<2>(w, a, nb, o, table),
+            3 => nibble_rows::<3>(w, a, nb, o, table),
+            _ => nibble_rows::<4>(w, a, nb, o, table),
+        }
+    }
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q4_0_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
-    in_row_groups!(q4_0_rows, w, a, out)
+    nibble_rows_all(w, a, out, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_iq4_nl_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
-    in_row_groups!(iq4_nl_rows, w, a, out)
+    nibble_rows_all(w, a, out, load16(&KVALUES_IQ4NL.map(|v| v as u8)))
 }
 
 /// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once,
