@@ -161,7 +161,46 @@ fn q4_1_rows<const R: usize>(w: &[u8], a: &[BlockQ8_1], nb: usize, out: &mut [f3
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q4_1_q8_1_rows(w: &[u8], a: &[BlockQ8_1], out: &mut [f32]) {
-    in_row_groups!(q4_1_rows, w, a, out)
+    if out.is_empty() {
+        return;
+    }
+    let n_rows = out.len();
+    let nb = a.len() / n_rows;
+    let mut groups = out.chunks_exact_mut(8);
+    for (g, o) in groups.by_ref().enumerate() {
+        q4_1_rows8(w, &a[8 * g * nb..8 * (g + 1) * nb], nb, o);
+    }
+    let rest = groups.into_remainder();
+    in_row_groups!(q4_1_rows, w, &a[(n_rows - rest.len()) * nb..], rest)
+}
+
+/// [`q4_1_rows`] for exactly eight rows (their accumulators fit in the 32 vector registers),
+/// the rows' `summs` chains in the lanes of one 8-lane vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q4_1_rows8(w: &[u8], a: &[BlockQ8_1], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8_1]; 8] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut summs = _mm256_setzero_ps();
+    for (b, blk) in w.chunks_exact(20).take(nb).enumerate() {
+        let dm = f16x4(blk, 0);
+        let (d, m) = (lane::<0>(dm), lane::<1>(dm));
+        let ys_s = |r: usize| ys[r][b].s;
+        let s = _mm256_setr_ps(ys_s(0), ys_s(1), ys_s(2), ys_s(3), ys_s(4), ys_s(5), ys_s(6), ys_s(7));
+        summs = _mm256_fmadd_ps(_mm256_set1_ps(m), s, summs);
+        let x = nibbles(sub(blk, 4));
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            let lanes = dot4(x, load32_i8(&y.qs));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
+        }
+    }
+    let mut sm = [0.0f32; 8];
+    // SAFETY: writes the 8 floats of `sm`; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_ps(sm.as_mut_ptr(), summs) };
+    for ((o, acc), summs) in out.iter_mut().zip(acc).zip(sm) {
+        *o = hsum8(acc) + summs;
+    }
 }
 
 /// [`vec_dot_q8_0_q8_0`] for `R` activation rows.
