@@ -284,7 +284,7 @@ fn model_paths() -> Vec<PathBuf> {
 #[test]
 fn dots_match_scalar_on_model_rows() {
     // Goal: rows of the real test models (every matrix, first/middle/last rows) give the same
-    // bits on every path. Missing model files are reported, not failed: other tests require them.
+    // bits on every path, single-row and multi-row kernels alike. Missing model files are reported, not failed: other tests require them.
     let paths = simd_paths();
     let mut rng = StdRng::seed_from_u64(99);
     for p in model_paths() {
@@ -304,10 +304,29 @@ fn dots_match_scalar_on_model_rows() {
             let rb = ty.row_bytes(n_in as u64).expect("whole blocks") as usize;
             let x = random_acts(&mut rng, n_in);
             let a = quantize_for(ty, &x);
+            // Nine activation rows for the multi-row kernels: a group of eight (or two of four) and one more.
+            let x9: Vec<f32> = (0..9).flat_map(|_| random_acts(&mut rng, n_in)).collect();
+            let a9 = quantize_rows(ty, &x9, 9);
             for r in [0, n_out / 2, n_out - 1] {
                 let w = &data[r * rb..(r + 1) * rb];
                 for &k in &paths {
                     check_dot(k, ty, w, &a, &format!("{} row {r}", info.name));
+                }
+                if ROWS_TYPES.contains(&ty) {
+                    for &k in paths.iter().chain([&Kernels::scalar()]) {
+                        let mut got = [f32::NAN; 9];
+                        simd_rows(k, ty, w, &a9, &mut got);
+                        for (t, g) in got.iter().enumerate() {
+                            let want = reference(ty, w, &acts_row(&a9, 9, t), false);
+                            assert_eq!(
+                                g.to_bits(),
+                                want.to_bits(),
+                                "{} {} row {r} × act row {t}",
+                                k.isa().name(),
+                                info.name
+                            );
+                        }
+                    }
                 }
                 n_rows_checked += 1;
             }
