@@ -147,6 +147,14 @@ pub fn f16_axpy_ref(acc: &mut [f16], v: &[f16], s: f32) {
     }
 }
 
+/// `acc[i] += w·v[i]` in f32, the product rounded before the sum (scalar reference of the tiled
+/// attention's value accumulation).
+pub fn f32_axpy_f16_ref(acc: &mut [f32], v: &[f16], w: f32) {
+    for (a, vd) in acc.iter_mut().zip(v) {
+        *a += w * vd.to_f32();
+    }
+}
+
 /// `acc[i] = f16(acc[i]·s)` (scalar reference).
 pub fn f16_scale_ref(acc: &mut [f16], s: f32) {
     for a in acc.iter_mut() {
@@ -217,9 +225,7 @@ pub fn attention(
                 }
                 o.fill(0.0);
                 for (j, &w) in s.scores.iter().enumerate() {
-                    for (od, vd) in o.iter_mut().zip(&values[head(j)]) {
-                        *od += w * vd.to_f32();
-                    }
+                    k.f32_axpy_f16(o, &values[head(j)], w);
                 }
                 let inv = (1.0 / sum) as f32;
                 o.iter_mut().for_each(|v| *v *= inv);

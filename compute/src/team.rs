@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crate::matmul::{compute_rows, vec_dot_type, QMatrix, QuantizedActs, ROWS_PER_TASK};
+use crate::matmul::{compute_rows, transpose_rows, vec_dot_type, QMatrix, QuantizedActs, ROWS_PER_TASK};
 use crate::quant::simd::Kernels;
 
 /// Buffers a team works in, kept between forward calls so decoding does not allocate.
@@ -302,11 +302,7 @@ impl<'m> Team<'m, '_> {
         if n_rows == 1 {
             out.copy_from_slice(own);
         } else {
-            for (r, vals) in own.chunks_exact(n_rows).enumerate() {
-                for (t, &v) in vals.iter().enumerate() {
-                    out[t * w.n_out + r] = v;
-                }
-            }
+            transpose_rows(own, n_rows, out);
         }
         drop(job);
         *self.spare = lock(&s.job).take().map(|j| j.progress);

@@ -284,7 +284,7 @@ fn model_paths() -> Vec<PathBuf> {
 #[test]
 fn dots_match_scalar_on_model_rows() {
     // Goal: rows of the real test models (every matrix, first/middle/last rows) give the same
-    // bits on every path. Missing model files are reported, not failed: other tests require them.
+    // bits on every path, single-row and multi-row kernels alike. Missing model files are reported, not failed: other tests require them.
     let paths = simd_paths();
     let mut rng = StdRng::seed_from_u64(99);
     for p in model_paths() {
@@ -304,16 +304,125 @@ fn dots_match_scalar_on_model_rows() {
             let rb = ty.row_bytes(n_in as u64).expect("whole blocks") as usize;
             let x = random_acts(&mut rng, n_in);
             let a = quantize_for(ty, &x);
+            // Nine activation rows for the multi-row kernels: a group of eight (or two of four) and one more.
+            let x9: Vec<f32> = (0..9).flat_map(|_| random_acts(&mut rng, n_in)).collect();
+            let a9 = quantize_rows(ty, &x9, 9);
             for r in [0, n_out / 2, n_out - 1] {
                 let w = &data[r * rb..(r + 1) * rb];
                 for &k in &paths {
                     check_dot(k, ty, w, &a, &format!("{} row {r}", info.name));
+                }
+                if ROWS_TYPES.contains(&ty) {
+                    for &k in paths.iter().chain([&Kernels::scalar()]) {
+                        let mut got = [f32::NAN; 9];
+                        simd_rows(k, ty, w, &a9, &mut got);
+                        for (t, g) in got.iter().enumerate() {
+                            let want = reference(ty, w, &acts_row(&a9, 9, t), false);
+                            assert_eq!(
+                                g.to_bits(),
+                                want.to_bits(),
+                                "{} {} row {r} × act row {t}",
+                                k.isa().name(),
+                                info.name
+                            );
+                        }
+                    }
                 }
                 n_rows_checked += 1;
             }
         }
         eprintln!("{}: {n_rows_checked} rows checked", p.display());
         assert!(n_rows_checked > 0, "no matrices of a kernel type in {}", p.display());
+    }
+}
+
+/// Every type with a multi-row kernel (`Kernels::*_rows`).
+const ROWS_TYPES: [GgmlType; 8] = [
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ1_S,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// The multi-row kernel of `ty` over the activation rows in `a` (back to back), one output each.
+fn simd_rows(k: Kernels, ty: GgmlType, w: &[u8], a: &Acts, out: &mut [f32]) {
+    use GgmlType::*;
+    match (ty, a) {
+        (Q4_1, Acts::Q8_1(a)) => k.vec_dot_q4_1_q8_1_rows(w, a, out),
+        (Q8_0, Acts::Q8_0(a)) => k.vec_dot_q8_0_q8_0_rows(w, a, out),
+        (Q4_0, Acts::Q8_0(a)) => k.vec_dot_q4_0_q8_0_rows(w, a, out),
+        (IQ4_NL, Acts::Q8_0(a)) => k.vec_dot_iq4_nl_q8_0_rows(w, a, out),
+        (IQ1_S, Acts::Q8K(a)) => k.vec_dot_iq1_s_q8_k_rows(w, a, out),
+        (Q4_K, Acts::Q8K(a)) => k.vec_dot_q4_k_q8_k_rows(w, a, out),
+        (Q5_K, Acts::Q8K(a)) => k.vec_dot_q5_k_q8_k_rows(w, a, out),
+        (Q6_K, Acts::Q8K(a)) => k.vec_dot_q6_k_q8_k_rows(w, a, out),
+        _ => panic!("{ty} has no multi-row kernel"),
+    }
+}
+
+/// Row `t` of the `n_rows` activation rows in `a`.
+fn acts_row(a: &Acts, n_rows: usize, t: usize) -> Acts {
+    fn row<B: Clone>(v: &[B], n_rows: usize, t: usize) -> Vec<B> {
+        let n = v.len() / n_rows;
+        v[t * n..(t + 1) * n].to_vec()
+    }
+    match a {
+        Acts::Q8_0(v) => Acts::Q8_0(row(v, n_rows, t)),
+        Acts::Q8_1(v) => Acts::Q8_1(row(v, n_rows, t)),
+        Acts::Q8K(v) => Acts::Q8K(row(v, n_rows, t)),
+    }
+}
+
+/// Quantizes each of `n_rows` rows of `x` separately, as the matmul does, into one buffer.
+fn quantize_rows(ty: GgmlType, x: &[f32], n_rows: usize) -> Acts {
+    let n = x.len() / n_rows;
+    let rows: Vec<Acts> = x.chunks_exact(n).map(|r| quantize_for(ty, r)).collect();
+    match &rows[0] {
+        Acts::Q8_0(_) => {
+            Acts::Q8_0(rows.iter().flat_map(|r| if let Acts::Q8_0(v) = r { v.clone() } else { vec![] }).collect())
+        }
+        Acts::Q8_1(_) => {
+            Acts::Q8_1(rows.iter().flat_map(|r| if let Acts::Q8_1(v) = r { v.clone() } else { vec![] }).collect())
+        }
+        Acts::Q8K(_) => {
+            Acts::Q8K(rows.iter().flat_map(|r| if let Acts::Q8K(v) = r { v.clone() } else { vec![] }).collect())
+        }
+    }
+}
+
+#[test]
+fn multi_row_dots_match_single_row_dots() {
+    // Goal: each multi-row kernel gives, for every activation row, the bits of the single-row
+    // scalar reference, on every path this CPU runs (scalar included); method: 1..=9, 12, 13 and 17
+    // rows (whole groups of four and eight, and every remainder) × ragged block counts.
+    let mut paths = simd_paths();
+    paths.insert(0, Kernels::scalar());
+    for ty in ROWS_TYPES {
+        let mut rng = StdRng::seed_from_u64(4242 + ty.id() as u64);
+        for n_rows in (1..=9).chain([12, 13, 17]) {
+            for n_blocks in [1, 2, 3, 4, 5, 7, 8, 13, 18] {
+                let w = random_blocks(&mut rng, ty, n_blocks);
+                let x = random_acts(&mut rng, n_rows * n_blocks * ty.block_size());
+                let a = quantize_rows(ty, &x, n_rows);
+                let want: Vec<f32> = (0..n_rows).map(|t| reference(ty, &w, &acts_row(&a, n_rows, t), false)).collect();
+                for &k in &paths {
+                    let mut got = vec![f32::NAN; n_rows];
+                    simd_rows(k, ty, &w, &a, &mut got);
+                    for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{} {ty} row {t} of {n_rows}, {n_blocks} blocks: {g:e} vs scalar {w:e}",
+                            k.isa().name()
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -328,7 +437,8 @@ fn random_f16s(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f16> {
 
 #[test]
 fn attention_kernels_match_scalar() {
-    // Goal: the f16 dot product and the f16 accumulator updates of attention are bit-identical;
+    // Goal: the f16 dot product, the f16 accumulator updates and the tiled variant's f32 value
+    // accumulation of attention are bit-identical;
     // method: random vectors of every length up to 300 (whole 64-groups and tails).
     for k in simd_paths() {
         let name = k.isa().name();
@@ -348,6 +458,11 @@ fn attention_kernels_match_scalar() {
                 ops::f16_axpy_ref(&mut want, &v, s);
                 k.f16_axpy(&mut got, &v, s);
                 assert!(want.iter().zip(&got).all(|(a, b)| same(a.to_f32(), b.to_f32())), "{name} f16_axpy n={n}");
+                let acc32: Vec<f32> = random_f16s(&mut rng, n, 2.0).iter().map(|v| v.to_f32() * 1.3).collect();
+                let (mut want32, mut got32) = (acc32.clone(), acc32);
+                ops::f32_axpy_f16_ref(&mut want32, &v, s);
+                k.f32_axpy_f16(&mut got32, &v, s);
+                assert!(want32.iter().zip(&got32).all(|(&a, &b)| same(a, b)), "{name} f32_axpy_f16 n={n}");
                 ops::f16_scale_ref(&mut want, s);
                 k.f16_scale(&mut got, s);
                 assert!(want.iter().zip(&got).all(|(a, b)| same(a.to_f32(), b.to_f32())), "{name} f16_scale n={n}");

@@ -365,6 +365,14 @@ pub unsafe fn vec_dot_q2_k_q8_k(w: &[u8], a: &[BlockQ8K], halves: bool) -> f32 {
     acc - acc_min
 }
 
+/// Sixteen i16 as one vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load16_i16(x: &[i16; 16]) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of `x`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
+}
+
 /// `N` activations of a Q8_K block from `at`.
 #[inline(always)]
 pub(super) fn sub_i8<const N: usize>(b: &[i8], at: usize) -> &[i8; N] {
@@ -512,6 +520,375 @@ pub unsafe fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
         acc1 = d.mul_add(sumi1 as f32, acc1);
     }
     IQ1S_DELTA.mul_add(acc1, hsum8(acc))
+}
+
+/// Activation rows taken per call of a multi-row kernel: each decoded weight block stays in
+/// registers for this many rows (the accumulators of four rows and the decoded block fit easily).
+pub(super) const ROWS_PER_GROUP: usize = 4;
+const _: () = assert!(ROWS_PER_GROUP <= 4, "rows_s packs a group's rows into one 4-lane vector");
+
+/// Runs the multi-row kernel `$kernel::<R>(w, rows, n_blocks, out)` over the activation rows of
+/// `$a` (`$out.len()` rows of equal length, back to back) in groups of [`ROWS_PER_GROUP`], then
+/// once for the remaining one to three rows.
+macro_rules! in_row_groups {
+    ($kernel:ident, $w:expr, $a:expr, $out:expr) => {{
+        let (w, a, out) = ($w, $a, $out);
+        if !out.is_empty() {
+            let n_rows = out.len();
+            let nb = a.len() / n_rows;
+            let mut groups = out.chunks_exact_mut(ROWS_PER_GROUP);
+            for (g, o) in groups.by_ref().enumerate() {
+                let t = g * ROWS_PER_GROUP;
+                $kernel::<ROWS_PER_GROUP>(w, &a[t * nb..(t + ROWS_PER_GROUP) * nb], nb, o);
+            }
+            let rest = groups.into_remainder();
+            let a = &a[(n_rows - rest.len()) * nb..];
+            match rest.len() {
+                1 => $kernel::<1>(w, a, nb, rest),
+                2 => $kernel::<2>(w, a, nb, rest),
+                3 => $kernel::<3>(w, a, nb, rest),
+                _ => {}
+            }
+        }
+    }};
+}
+pub(super) use in_row_groups;
+
+/// The `R` activation rows of `a`, `nb` blocks each.
+#[inline(always)]
+pub(super) fn split_rows<B, const R: usize>(a: &[B], nb: usize) -> [&[B]; R] {
+    std::array::from_fn(|r| &a[r * nb..(r + 1) * nb])
+}
+
+/// `ys[r][b].s` for the (at most four) rows, zeros in the unused lanes. Built with plain loads:
+/// left to itself LLVM vectorises the rows' chains with a gather, which is several times slower.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn rows_s<const R: usize>(ys: &[&[BlockQ8_1]; R], b: usize) -> __m128 {
+    let s = |r: usize| if r < R { ys[r][b].s } else { 0.0 };
+    _mm_setr_ps(s(0), s(1), s(2), s(3))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn to_array(v: __m128) -> [f32; 4] {
+    let mut out = [0.0f32; 4];
+    // SAFETY: writes the 16 bytes of `out`; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
+/// [`vec_dot_q4_1_q8_1`] for `R` activation rows: per output, the same operations in the same
+/// order; the nibbles and scales of each block are decoded once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_rows<const R: usize>(w: &[u8], a: &[BlockQ8_1], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8_1]; R] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    // The rows' `summs` chains side by side, one per lane: the same fused multiply-adds.
+    let mut summs = _mm_setzero_ps();
+    for (b, blk) in w.chunks_exact(20).take(nb).enumerate() {
+        let dm = f16x4(blk, 0);
+        let (d, m) = (lane::<0>(dm), lane::<1>(dm));
+        summs = _mm_fmadd_ps(_mm_set1_ps(m), rows_s(&ys, b), summs);
+        let x = nibbles(sub(blk, 4));
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            let lanes = mul_sum_u8_i8(x, load32_i8(&y.qs));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
+        }
+    }
+    for ((o, acc), summs) in out.iter_mut().zip(acc).zip(to_array(summs)) {
+        *o = hsum8(acc) + summs;
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_1_q8_1_rows(w: &[u8], a: &[BlockQ8_1], out: &mut [f32]) {
+    in_row_groups!(q4_1_rows, w, a, out)
+}
+
+/// [`vec_dot_q8_0_q8_0`] for `R` activation rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8_0]; R] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, blk) in w.chunks_exact(34).take(nb).enumerate() {
+        let d = f16_at(blk, 0);
+        let x = load32(sub(blk, 2));
+        let ax = _mm256_abs_epi8(x);
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            // As `mul_sum_i8_i8(x, y)`, with |x| computed once.
+            let lanes = mul_sum_u8_i8(ax, _mm256_sign_epi8(load32_i8(&y.qs), x));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
+        }
+    }
+    for (o, acc) in out.iter_mut().zip(acc) {
+        *o = hsum8(acc);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q8_0_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+    in_row_groups!(q8_0_rows, w, a, out)
+}
+
+/// [`nibble_blocks_dot`] for `R` (at most four) activation rows. The reference fuses one block
+/// at a time into one scalar chain per row; here the rows' chains run side by side in the lanes
+/// of one vector, block by block, which is the same fused multiply-add per row and block
+/// (`fma(sum, d·y.d, acc)`), and each block is decoded once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibble_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32], table: __m128i) {
+    let table = _mm256_broadcastsi128_si256(table);
+    let ys: [&[BlockQ8_0]; R] = split_rows(a, nb);
+    let n = (w.len() / 18).min(nb);
+    let z = _mm256_setzero_si256();
+    let mut acc = _mm_setzero_ps();
+    for (b, blk) in w[..n * 18].chunks_exact(18).enumerate() {
+        let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
+        let av = _mm256_abs_epi8(v);
+        let l = |r: usize| if r < R { mul_sum_u8_i8(av, _mm256_sign_epi8(load32_i8(&ys[r][b].qs), v)) } else { z };
+        let s = _mm_cvtepi32_ps(hsum_i32_x4(l(0), l(1), l(2), l(3)));
+        let yd = |r: usize| if r < R { ys[r][b].d } else { 0.0 };
+        let dy = _mm_mul_ps(_mm_set1_ps(f16_at(blk, 0)), _mm_setr_ps(yd(0), yd(1), yd(2), yd(3)));
+        acc = _mm_fmadd_ps(s, dy, acc);
+    }
+    out.copy_from_slice(&to_array(acc)[..R]);
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+    nibble_rows::<R>(w, a, nb, out, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn iq4_nl_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+    nibble_rows::<R>(w, a, nb, out, load16(&KVALUES_IQ4NL.map(|v| v as u8)))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_0_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+    in_row_groups!(q4_0_rows, w, a, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_iq4_nl_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+    in_row_groups!(iq4_nl_rows, w, a, out)
+}
+
+/// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once,
+/// and the delta term's Σ ls·delta·(16-element sums) is one `madd` (|ls·delta| ≤ 15, sums ≤ 2032: exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn iq1_s_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc1 = [0.0f32; R];
+    let ones = _mm256_set1_epi8(1);
+    for (b, blk) in w.chunks_exact(50).take(nb).enumerate() {
+        let z = _mm256_setzero_si256();
+        let mut subs = [(z, 0i16); 8];
+        let mut ls_delta = [0i16; 16];
+        for (ib, sb) in subs.iter_mut().enumerate() {
+            let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+            *sb = (grid, ls as i16);
+            ls_delta[2 * ib] = (ls * delta) as i16;
+            ls_delta[2 * ib + 1] = (ls * delta) as i16;
+        }
+        let ls_delta = load16_i16(&ls_delta);
+        let dw = f16_at(blk, 0);
+        for ((acc, acc1), ys) in acc.iter_mut().zip(&mut acc1).zip(&ys) {
+            let y = &ys[b];
+            let mut lanes = _mm256_setzero_si256();
+            for (ib, &(grid, ls)) in subs.iter().enumerate() {
+                // As in the single-row kernel: `sign` is the exact product; pair sums ≤ 254.
+                let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
+                let pairs = _mm256_maddubs_epi16(ones, prod);
+                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls)));
+            }
+            let sumi1 = hsum_i32(_mm256_madd_epi16(load16_i16(&y.bsums), ls_delta));
+            let d = y.d * dw;
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), *acc);
+            *acc1 = d.mul_add(sumi1 as f32, *acc1);
+        }
+    }
+    for ((o, acc), acc1) in out.iter_mut().zip(acc).zip(acc1) {
+        *o = IQ1S_DELTA.mul_add(acc1, hsum8(acc));
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_iq1_s_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(iq1_s_rows, w, a, out)
+}
+
+/// [`k_block_sums`]'s unpacked super-block: the eight 32-element runs of 4-bit (Q4_K) or 5-bit
+/// (Q5_K) values, and their scales and mins.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k_block_unpack(head: &[u8], qh: Option<&[u8; 32]>, qs: &[u8]) -> ([__m256i; 8], [i16; 8], __m256i) {
+    let scales = &head[4..16];
+    let low = _mm256_set1_epi8(0x0F);
+    let high = qh.map(|h| load32(h));
+    let mut xs = [_mm256_setzero_si256(); 8];
+    let mut scs = [0i16; 8];
+    let mut ms = [0i16; 16];
+    for p in 0..4 {
+        let q = load32(sub(qs, 32 * p));
+        for (h, nib) in
+            [_mm256_and_si256(q, low), _mm256_and_si256(_mm256_srli_epi16(q, 4), low)].into_iter().enumerate()
+        {
+            let j = 2 * p + h;
+            let (sc, m) = scale_min_k4(j, scales);
+            xs[j] = match high {
+                Some(qh) => _mm256_or_si256(
+                    nib,
+                    _mm256_slli_epi16(
+                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1)),
+                        4,
+                    ),
+                ),
+                None => nib,
+            };
+            scs[j] = sc as i16;
+            ms[2 * j] = m as i16;
+            ms[2 * j + 1] = m as i16;
+        }
+    }
+    // SAFETY: reads the 32 bytes of `ms`; `loadu` has no alignment requirement.
+    (xs, scs, unsafe { _mm256_loadu_si256(ms.as_ptr().cast()) })
+}
+
+/// [`vec_dot_q4_k_q8_k`] / [`vec_dot_q5_k_q8_k`] for `R` activation rows (`stride`: block
+/// bytes, `qh_at`/`qs_at`: where the high bits and nibbles start). Each row's block values are
+/// summed as `Iterator::sum` does in the single-row kernels: from its starting value, in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32], q5: bool) {
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let mut sum = [std::iter::empty::<f32>().sum::<f32>(); R];
+    let stride = if q5 { 176 } else { 144 };
+    for (b, blk) in w.chunks_exact(stride).take(nb).enumerate() {
+        let (xs, scs, ms) = if q5 {
+            k_block_unpack(&blk[..16], Some(sub(blk, 16)), &blk[48..176])
+        } else {
+            k_block_unpack(&blk[..16], None, &blk[16..144])
+        };
+        let (dw, mw) = (f16_at(blk, 0), f16_at(blk, 2));
+        for (sum, ys) in sum.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            let mut acc = _mm256_setzero_si256();
+            for j in 0..8 {
+                // 5-bit values × |activations| ≤ 127: pair sums ≤ 7874.
+                let p16 = _mm256_maddubs_epi16(xs[j], load32_i8(sub_i8(&y.qs, 32 * j)));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(scs[j])));
+            }
+            // Σ mⱼ·(bsums[2j] + bsums[2j + 1]): 6-bit mins × 16-element sums, exact in i32.
+            // SAFETY: reads the 32 bytes of `bsums` ([i16; 16]); `loadu` has no alignment requirement.
+            let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+            let summ = hsum_i32(_mm256_madd_epi16(bsums, ms));
+            let d = y.d * dw;
+            let dmin = y.d * mw;
+            *sum += d * hsum_i32(acc) as f32 - dmin * summ as f32;
+        }
+    }
+    out.copy_from_slice(&sum);
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q4_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    k_rows::<R>(w, a, nb, out, false)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q5_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    k_rows::<R>(w, a, nb, out, true)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q4_k_rows, w, a, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q5_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q5_k_rows, w, a, out)
+}
+
+/// [`vec_dot_q6_k_q8_k`] for `R` activation rows: the 6-bit values, their magnitudes and the
+/// scale pairs of each block are unpacked once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let mut sum = [0.0f32; R];
+    let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+    let shl4 = |v: __m256i| _mm256_slli_epi16(v, 4);
+    let z = _mm256_setzero_si256();
+    for (b, blk) in w.chunks_exact(210).take(nb).enumerate() {
+        let scales = sub::<16>(blk, 192);
+        let dw = lane::<3>(f16x4(blk, 202));
+        // Run i covers elements 32i..32i + 32: (value, |value|, its two scales).
+        let mut runs = [(z, z, z); 8];
+        for half in 0..2 {
+            let ql0 = load32(sub(blk, half * 64));
+            let ql1 = load32(sub(blk, half * 64 + 32));
+            let qh = load32(sub(blk, 128 + half * 32));
+            let qh_at = |s: i32| _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s)), two);
+            let v = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low), shl4(qh_at(0))),
+                _mm256_or_si256(_mm256_and_si256(ql1, low), shl4(qh_at(2))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), shl4(qh_at(4))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), shl4(qh_at(6))),
+            ];
+            for (r, v) in v.into_iter().enumerate() {
+                let x = _mm256_sub_epi8(v, _mm256_set1_epi8(32));
+                let j = (half * 128 + r * 32) / 16;
+                let sc = split_i16(scales[j] as i8 as i16, scales[j + 1] as i8 as i16);
+                runs[half * 4 + r] = (x, _mm256_abs_epi8(x), sc);
+            }
+        }
+        for (sum, ys) in sum.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            let mut acc = _mm256_setzero_si256();
+            for (i, &(x, ax, sc)) in runs.iter().enumerate() {
+                // |values| ≤ 32: pair sums ≤ 8128.
+                let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * i)), x));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+            }
+            let d = dw * y.d;
+            *sum += d * hsum_i32(acc) as f32;
+        }
+    }
+    out.copy_from_slice(&sum);
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q6_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q6_k_rows, w, a, out)
 }
 
 /// `max |x|` over a multiple of 8 floats, ignoring NaNs as `f32::max` does.
@@ -699,6 +1076,25 @@ pub unsafe fn f16_axpy(acc: &mut [f16], v: &[f16], s: f32) {
     }
     for (a, x) in acc[n..].iter_mut().zip(&v[n..]) {
         *a = f16::from_f32(x.to_f32().mul_add(s, a.to_f32()));
+    }
+}
+
+/// `acc[i] += w·v[i]` in f32, multiplied then added as two roundings (`ops::f32_axpy_f16_ref`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f32_axpy_f16(acc: &mut [f32], v: &[f16], w: f32) {
+    let n = acc.len().min(v.len()) / 8 * 8;
+    let wv = _mm256_set1_ps(w);
+    for (a, i) in acc[..n].chunks_exact_mut(8).zip((0..n).step_by(8)) {
+        let r = _mm256_add_ps(load8_f32(a), _mm256_mul_ps(wv, _mm256_cvtph_ps(load8_f16(v, i))));
+        let a: &mut [f32; 8] = a.try_into().expect("eight floats");
+        // SAFETY: writes the 8 floats of `a`; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), r) }
+    }
+    for (a, x) in acc[n..].iter_mut().zip(&v[n..]) {
+        *a += w * x.to_f32();
     }
 }
 

@@ -11,15 +11,16 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::avx2::{
-    f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32_x4, iq1_s_sub_block, lane, load16,
-    load32, load32_i8, nibbles, sub, sub_i8,
+    f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, in_row_groups,
+    iq1_s_sub_block, lane, load16, load16_i16, load32, load32_i8, nibbles, q4_k_rows, q5_k_rows, q6_k_rows, rows_s,
+    split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::quant::tables::KVALUES_IQ4NL;
 
 pub use super::avx2::{
-    f16_axpy, f16_scale, quantize_q8_0, quantize_q8_1, quantize_q8_k, vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k,
-    vec_dot_q5_0_q8_0, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k,
+    f16_axpy, f16_scale, f32_axpy_f16, quantize_q8_0, quantize_q8_1, quantize_q8_k, vec_dot_q2_k_q8_k,
+    vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k,
 };
 
 /// `IQ1S_DELTA` of the reference kernel.
@@ -129,6 +130,273 @@ pub unsafe fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
         acc1 = d.mul_add(sumi1 as f32, acc1);
     }
     IQ1S_DELTA.mul_add(acc1, hsum8(acc))
+}
+
+/// [`vec_dot_q4_1_q8_1`] for `R` activation rows: per output, the same operations in the same
+/// order; the nibbles and scales of each block are decoded once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q4_1_rows<const R: usize>(w: &[u8], a: &[BlockQ8_1], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8_1]; R] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    // The rows' `summs` chains side by side, one per lane: the same fused multiply-adds.
+    let mut summs = _mm_setzero_ps();
+    for (b, blk) in w.chunks_exact(20).take(nb).enumerate() {
+        let dm = f16x4(blk, 0);
+        let (d, m) = (lane::<0>(dm), lane::<1>(dm));
+        summs = _mm_fmadd_ps(_mm_set1_ps(m), rows_s(&ys, b), summs);
+        let x = nibbles(sub(blk, 4));
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            let lanes = dot4(x, load32_i8(&y.qs));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
+        }
+    }
+    for ((o, acc), summs) in out.iter_mut().zip(acc).zip(to_array(summs)) {
+        *o = hsum8(acc) + summs;
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_1_q8_1_rows(w: &[u8], a: &[BlockQ8_1], out: &mut [f32]) {
+    if out.is_empty() {
+        return;
+    }
+    let n_rows = out.len();
+    let nb = a.len() / n_rows;
+    let mut groups = out.chunks_exact_mut(8);
+    for (g, o) in groups.by_ref().enumerate() {
+        q4_1_rows8(w, &a[8 * g * nb..8 * (g + 1) * nb], nb, o);
+    }
+    let rest = groups.into_remainder();
+    in_row_groups!(q4_1_rows, w, &a[(n_rows - rest.len()) * nb..], rest)
+}
+
+/// [`q4_1_rows`] for exactly eight rows (their accumulators fit in the 32 vector registers),
+/// the rows' `summs` chains in the lanes of one 8-lane vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q4_1_rows8(w: &[u8], a: &[BlockQ8_1], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8_1]; 8] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut summs = _mm256_setzero_ps();
+    for (b, blk) in w.chunks_exact(20).take(nb).enumerate() {
+        let dm = f16x4(blk, 0);
+        let (d, m) = (lane::<0>(dm), lane::<1>(dm));
+        let ys_s = |r: usize| ys[r][b].s;
+        let s = _mm256_setr_ps(ys_s(0), ys_s(1), ys_s(2), ys_s(3), ys_s(4), ys_s(5), ys_s(6), ys_s(7));
+        summs = _mm256_fmadd_ps(_mm256_set1_ps(m), s, summs);
+        let x = nibbles(sub(blk, 4));
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            let lanes = dot4(x, load32_i8(&y.qs));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
+        }
+    }
+    let mut sm = [0.0f32; 8];
+    // SAFETY: writes the 8 floats of `sm`; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_ps(sm.as_mut_ptr(), summs) };
+    for ((o, acc), summs) in out.iter_mut().zip(acc).zip(sm) {
+        *o = hsum8(acc) + summs;
+    }
+}
+
+/// [`vec_dot_q8_0_q8_0`] for `R` activation rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q8_0_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8_0]; R] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, blk) in w.chunks_exact(34).take(nb).enumerate() {
+        let d = f16_at(blk, 0);
+        let x = load32(sub(blk, 2));
+        let ax = _mm256_abs_epi8(x);
+        for (acc, ys) in acc.iter_mut().zip(&ys) {
+            let y = &ys[b];
+            let lanes = dot4(ax, _mm256_sign_epi8(load32_i8(&y.qs), x));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
+        }
+    }
+    for (o, acc) in out.iter_mut().zip(acc) {
+        *o = hsum8(acc);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q8_0_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+    in_row_groups!(q8_0_rows, w, a, out)
+}
+
+/// [`nibble_blocks_dot`] for `R` (at most four) activation rows. The reference fuses one block
+/// at a time into one scalar chain per row; here the rows' chains run side by side in the lanes
+/// of one vector, block by block, which is the same fused multiply-add per row and block
+/// (`fma(sum, d·y.d, acc)`), and each block is decoded once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32], table: __m128i) {
+    let table = _mm256_broadcastsi128_si256(table);
+    let ys: [&[BlockQ8_0]; R] = split_rows(a, nb);
+    let n = (w.len() / 18).min(nb);
+    let z = _mm256_setzero_si256();
+    let mut acc = _mm_setzero_ps();
+    for (b, blk) in w[..n * 18].chunks_exact(18).enumerate() {
+        let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
+        let av = _mm256_abs_epi8(v);
+        let l = |r: usize| if r < R { dot4(av, _mm256_sign_epi8(load32_i8(&ys[r][b].qs), v)) } else { z };
+        let s = _mm_cvtepi32_ps(hsum_i32_x4(l(0), l(1), l(2), l(3)));
+        let yd = |r: usize| if r < R { ys[r][b].d } else { 0.0 };
+        let dy = _mm_mul_ps(_mm_set1_ps(f16_at(blk, 0)), _mm_setr_ps(yd(0), yd(1), yd(2), yd(3)));
+        acc = _mm_fmadd_ps(s, dy, acc);
+    }
+    out.copy_from_slice(&to_array(acc)[..R]);
+}
+
+/// The lane sums of eight vectors: `[Σv0, …, Σv7]` (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn hsum_i32_x8(v: [__m256i; 8]) -> __m256i {
+    let h = |a: __m256i, b: __m256i, c: __m256i, d: __m256i| {
+        _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d))
+    };
+    // Low 128-bit halves hold the sums of each vector's low halves, high ones of its high halves.
+    let (h0, h1) = (h(v[0], v[1], v[2], v[3]), h(v[4], v[5], v[6], v[7]));
+    _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(h0, h1), _mm256_permute2x128_si256::<0x31>(h0, h1))
+}
+
+/// [`nibble_rows`] for exactly eight activation rows, their chains in the lanes of one 8-lane
+/// vector: one block-sum reduction, conversion, scale product and fused multiply-add per block
+/// for all eight.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_rows8(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32], table: __m256i) {
+    let ys: [&[BlockQ8_0]; 8] = split_rows(a, nb);
+    let n = (w.len() / 18).min(nb);
+    let mut acc = _mm256_setzero_ps();
+    for (b, blk) in w[..n * 18].chunks_exact(18).enumerate() {
+        let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
+        let av = _mm256_abs_epi8(v);
+        let l = |r: usize| dot4(av, _mm256_sign_epi8(load32_i8(&ys[r][b].qs), v));
+        let s = _mm256_cvtepi32_ps(hsum_i32_x8([l(0), l(1), l(2), l(3), l(4), l(5), l(6), l(7)]));
+        let yd = |r: usize| ys[r][b].d;
+        let yd = _mm256_setr_ps(yd(0), yd(1), yd(2), yd(3), yd(4), yd(5), yd(6), yd(7));
+        acc = _mm256_fmadd_ps(s, _mm256_mul_ps(_mm256_set1_ps(f16_at(blk, 0)), yd), acc);
+    }
+    let out: &mut [f32; 8] = out.try_into().expect("eight rows");
+    // SAFETY: writes the 8 floats of `out`; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) }
+}
+
+/// [`nibble_rows`] over every activation row: eight at a time, then up to four at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_rows_all(w: &[u8], a: &[BlockQ8_0], out: &mut [f32], table: __m128i) {
+    if out.is_empty() {
+        return;
+    }
+    let n_rows = out.len();
+    let nb = a.len() / n_rows;
+    let mut groups = out.chunks_exact_mut(8);
+    for (g, o) in groups.by_ref().enumerate() {
+        nibble_rows8(w, &a[8 * g * nb..8 * (g + 1) * nb], nb, o, _mm256_broadcastsi128_si256(table));
+    }
+    let rest = groups.into_remainder();
+    let a = &a[(n_rows - rest.len()) * nb..];
+    for (i, o) in rest.chunks_mut(4).enumerate() {
+        let a = &a[4 * i * nb..(4 * i + o.len()) * nb];
+        match o.len() {
+            1 => nibble_rows::<1>(w, a, nb, o, table),
+            2 => nibble_rows::<2>(w, a, nb, o, table),
+            3 => nibble_rows::<3>(w, a, nb, o, table),
+            _ => nibble_rows::<4>(w, a, nb, o, table),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_0_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+    nibble_rows_all(w, a, out, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq4_nl_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+    nibble_rows_all(w, a, out, load16(&KVALUES_IQ4NL.map(|v| v as u8)))
+}
+
+/// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once,
+/// and the delta term's Σ ls·delta·(16-element sums) is one `madd` (|ls·delta| ≤ 15, sums ≤ 2032: exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn iq1_s_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc1 = [0.0f32; R];
+    let z = _mm256_setzero_si256();
+    for (b, blk) in w.chunks_exact(50).take(nb).enumerate() {
+        let mut subs = [(z, z); 8];
+        let mut ls_delta = [0i16; 16];
+        for (ib, sb) in subs.iter_mut().enumerate() {
+            let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+            *sb = (grid, _mm256_set1_epi8(ls as i8));
+            ls_delta[2 * ib] = (ls * delta) as i16;
+            ls_delta[2 * ib + 1] = (ls * delta) as i16;
+        }
+        let ls_delta = load16_i16(&ls_delta);
+        let dw = f16_at(blk, 0);
+        for ((acc, acc1), ys) in acc.iter_mut().zip(&mut acc1).zip(&ys) {
+            let y = &ys[b];
+            let mut lanes = _mm256_setzero_si256();
+            for (ib, &(grid, ls)) in subs.iter().enumerate() {
+                let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
+                lanes = _mm256_dpbusd_epi32(lanes, ls, prod);
+            }
+            let sumi1 = hsum_i32(_mm256_madd_epi16(load16_i16(&y.bsums), ls_delta));
+            let d = y.d * dw;
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), *acc);
+            *acc1 = d.mul_add(sumi1 as f32, *acc1);
+        }
+    }
+    for ((o, acc), acc1) in out.iter_mut().zip(acc).zip(acc1) {
+        *o = IQ1S_DELTA.mul_add(acc1, hsum8(acc));
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq1_s_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(iq1_s_rows, w, a, out)
+}
+
+/// The AVX2 multi-row K-quant kernels, compiled here with all 32 vector registers: the unpacked
+/// super-block stays in registers across the rows.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q4_k_rows, w, a, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q5_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q5_k_rows, w, a, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q6_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q6_k_rows, w, a, out)
 }
 
 /// Sixteen f16 from `x[at..at + 16]`, as raw bits.

@@ -147,6 +147,23 @@ macro_rules! dispatch {
     };
 }
 
+/// Calls the multi-row kernel `$f` of the held instruction set (AVX2 or AVX-512); the scalar path
+/// runs the single-row reference `$single` once per activation row.
+macro_rules! dispatch_rows {
+    ($self:ident, $f:ident, $single:ident, ($w:expr, $a:expr, $out:expr)) => {
+        match $self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` holds only an instruction set this CPU supports (see the type's
+            // invariant); the kernel needs nothing else of its caller.
+            Isa::Avx512 => unsafe { avx512::$f($w, $a, $out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above; AVX2 support was checked when this `Kernels` was made.
+            Isa::Avx2 => unsafe { avx2::$f($w, $a, $out) },
+            _ => $self.rows_one_by_one($w, $a, $out, Kernels::$single),
+        }
+    };
+}
+
 impl Kernels {
     pub fn vec_dot_q4_0_q8_0(self, w: &[u8], a: &[BlockQ8_0]) -> f32 {
         dispatch!(self, vec_dot_q4_0_q8_0, dot::vec_dot_q4_0_q8_0, (w, a))
@@ -193,6 +210,59 @@ impl Kernels {
         dispatch!(self, vec_dot_iq1_s_q8_k, dot::vec_dot_iq1_s_q8_k, (w, a))
     }
 
+    /// `out[t]` = the dot of `w` with activation row `t` of `a` (`out.len()` rows of equal length
+    /// back to back), with exactly the bits of [`Kernels::vec_dot_q4_1_q8_1`]: each weight block
+    /// is decoded once for all rows.
+    pub fn vec_dot_q4_1_q8_1_rows(self, w: &[u8], a: &[BlockQ8_1], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q4_1_q8_1_rows, vec_dot_q4_1_q8_1, (w, a, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q8_0_q8_0`].
+    pub fn vec_dot_q8_0_q8_0_rows(self, w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q8_0_q8_0_rows, vec_dot_q8_0_q8_0, (w, a, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q4_0_q8_0`].
+    pub fn vec_dot_q4_0_q8_0_rows(self, w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q4_0_q8_0_rows, vec_dot_q4_0_q8_0, (w, a, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_iq4_nl_q8_0`].
+    pub fn vec_dot_iq4_nl_q8_0_rows(self, w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_iq4_nl_q8_0_rows, vec_dot_iq4_nl_q8_0, (w, a, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_iq1_s_q8_k`].
+    pub fn vec_dot_iq1_s_q8_k_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_iq1_s_q8_k_rows, vec_dot_iq1_s_q8_k, (w, a, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q4_k_q8_k`].
+    pub fn vec_dot_q4_k_q8_k_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q4_k_q8_k_rows, vec_dot_q4_k_q8_k, (w, a, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q5_k_q8_k`].
+    pub fn vec_dot_q5_k_q8_k_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q5_k_q8_k_rows, vec_dot_q5_k_q8_k, (w, a, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q6_k_q8_k`].
+    pub fn vec_dot_q6_k_q8_k_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q6_k_q8_k_rows, vec_dot_q6_k_q8_k, (w, a, out))
+    }
+
+    /// The single-row kernel `single` once per activation row: the fallback of the `_rows` kernels.
+    fn rows_one_by_one<B>(self, w: &[u8], a: &[B], out: &mut [f32], single: impl Fn(Kernels, &[u8], &[B]) -> f32) {
+        if out.is_empty() {
+            return;
+        }
+        let n = a.len() / out.len();
+        for (o, a) in out.iter_mut().zip(a.chunks_exact(n.max(1))) {
+            *o = single(self, w, a);
+        }
+    }
+
     pub fn quantize_q8_0(self, x: &[f32], out: &mut Vec<BlockQ8_0>) {
         dispatch!(self, quantize_q8_0, activation::quantize_q8_0, (x, out))
     }
@@ -215,6 +285,12 @@ impl Kernels {
     pub fn f16_axpy(self, acc: &mut [f16], v: &[f16], s: f32) {
         assert_eq!(acc.len(), v.len(), "axpy of unequal lengths");
         dispatch!(self, f16_axpy, ops::f16_axpy_ref, (acc, v, s))
+    }
+
+    /// `ops::f32_axpy_f16_ref`: `acc[i] += w·v[i]`, not fused.
+    pub fn f32_axpy_f16(self, acc: &mut [f32], v: &[f16], w: f32) {
+        assert_eq!(acc.len(), v.len(), "axpy of unequal lengths");
+        dispatch!(self, f32_axpy_f16, ops::f32_axpy_f16_ref, (acc, v, w))
     }
 
     /// `ops::f16_scale_ref`: `acc[i] = f16(acc[i]·s)`.
