@@ -183,3 +183,37 @@ fn bad_requests_get_openai_errors_and_do_not_disturb_the_server() {
     assert!(metrics.contains("prima_requests_cancelled_total 1"), "{metrics}");
     assert!(metrics.contains("prima_requests_rejected_total 1"), "{metrics}");
 }
+
+#[test]
+fn closing_the_connection_cancels_the_request() {
+    let (_s, port) = serve(&[]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = "{\"prompt\": \"Once upon a time\", \"max_tokens\": 400, \"temperature\": 0, \"stream\": true}";
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    // Read until the first event has arrived, then hang up.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the server closed the stream early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let t = Instant::now();
+    loop {
+        let (_, m) = http(port, "GET", "/metrics", &[], "");
+        if m.contains("prima_requests_cancelled_total 1") && m.contains("prima_requests_in_flight 0") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "not cancelled: {m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The slot is free: the next request runs at once.
+    let (st, body) = http(port, "POST", "/v1/completions", &[], "{\"prompt\": \"Hi\", \"max_tokens\": 2}");
+    assert_eq!(st, 200, "{body}");
+}
