@@ -9,6 +9,7 @@
 //! Under `cargo test` (no `--bench`) each benchmark runs once on the smallest shape only.
 
 use compute::matmul::{matmul, QMatrix, QuantizedActs};
+use compute::quant::synthetic::random_matrix;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gguf::GgmlType;
 
@@ -30,36 +31,6 @@ const SHAPES: &[(usize, usize, &str)] =
 /// Activation rows of the matrix × matrix case (a prefill chunk).
 const BATCH: usize = 32;
 
-/// Byte offsets of a block's f16 scales, set to small finite values.
-fn scale_offsets(t: GgmlType) -> &'static [usize] {
-    match t {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::IQ1_S => &[0],
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
-        GgmlType::Q6_K => &[208],
-        GgmlType::Q2_K => &[80, 82],
-        _ => &[],
-    }
-}
-
-fn random_weights(t: GgmlType, n_in: usize, n_out: usize) -> Vec<u8> {
-    let row = t.row_bytes(n_in as u64).expect("shape is a whole number of blocks") as usize;
-    let mut s = 0x9E3779B97F4A7C15u64;
-    let mut v: Vec<u8> = (0..row * n_out)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect();
-    for b in v.chunks_exact_mut(t.type_size()) {
-        for &o in scale_offsets(t) {
-            b[o..o + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-        }
-    }
-    v
-}
-
 fn bench(c: &mut Criterion) {
     let full = std::env::args().any(|a| a == "--bench");
     for &t in TYPES {
@@ -72,7 +43,7 @@ fn bench(c: &mut Criterion) {
             g.sample_size(10).measurement_time(std::time::Duration::from_secs(3));
         }
         for &&(n_in, n_out, label) in shapes {
-            let data = random_weights(t, n_in, n_out);
+            let data = random_matrix(t, n_in, n_out, 0x9E3779B97F4A7C15).expect("the shape is whole blocks");
             let w = QMatrix::new("bench", t, n_in, n_out, &data).expect("valid matrix");
             let mut acts = QuantizedActs::default();
             let mut tmp = Vec::new();

@@ -9,6 +9,7 @@ use std::io::{BufWriter, Write};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use compute::quant::synthetic::set_f16_scales;
 use gguf::{write_gguf_streaming, GgmlType, Metadata, TensorDesc, Value};
 
 use crate::SynthArgs;
@@ -240,16 +241,6 @@ pub fn tensors(s: &Shape, mix: Mix) -> Vec<TensorDesc> {
     out
 }
 
-/// Byte offsets of the f16 scales in a block of `t`, which must be finite (and small).
-fn scale_offsets(t: GgmlType) -> &'static [usize] {
-    match t {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => &[0],
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
-        GgmlType::Q6_K => &[208],
-        _ => &[],
-    }
-}
-
 /// xorshift64*: fast, seeded, good enough for random weights.
 struct Rng(u64);
 
@@ -287,14 +278,12 @@ fn write_random(
         let n = left.min(per_chunk) as usize;
         buf.resize(n * bs, 0);
         rng.fill(buf);
-        for block in buf.chunks_exact_mut(bs) {
-            for &o in scale_offsets(t) {
-                // f16 with exponent 2^-9..2^-6: weights of a sane magnitude, never inf/NaN.
-                let mant = (rng.next() & 0x3ff) as u16;
-                let exp = 6 + (rng.next() % 4) as u16;
-                block[o..o + 2].copy_from_slice(&((exp << 10) | mant).to_le_bytes());
-            }
-        }
+        set_f16_scales(t, buf, |_| {
+            // f16 with exponent 2^-9..2^-6: weights of a sane magnitude, never inf/NaN.
+            let mant = (rng.next() & 0x3ff) as u16;
+            let exp = 6 + (rng.next() % 4) as u16;
+            half::f16::from_bits((exp << 10) | mant)
+        });
         w.write_all(buf)?;
         left -= n as u64;
     }

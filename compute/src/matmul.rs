@@ -261,38 +261,13 @@ pub(crate) fn transpose_rows(by_weight_row: &[f32], n_rows: usize, out: &mut [f3
 mod tests {
     use super::*;
     use crate::quant::dequant::dequantize_row;
-
-    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s as u8
-            })
-            .collect()
-    }
+    use crate::quant::synthetic::{set_f16_scales, xorshift_bytes};
 
     /// Random blocks of `ty` whose f16 scale fields are small finite numbers.
     fn random_row(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
-        let mut b = bytes(ty.row_bytes(n as u64).unwrap() as usize, seed);
-        let ts = ty.type_size();
-        let scale_offsets: &[usize] = match ty {
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::IQ1_S => &[0],
-            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
-            GgmlType::Q2_K => &[80, 82],
-            GgmlType::Q6_K => &[208],
-            _ => &[],
-        };
-        for blk in b.chunks_exact_mut(ts) {
-            for &o in scale_offsets {
-                let v = half::f16::from_f32(0.01 + (blk[o] as f32) / 5000.0).to_bits().to_le_bytes();
-                blk[o] = v[0];
-                blk[o + 1] = v[1];
-            }
-        }
+        let mut b = xorshift_bytes(ty.row_bytes(n as u64).unwrap() as usize, seed);
+        // 0.01 plus a little of the field's old low byte, so scales differ between blocks.
+        set_f16_scales(ty, &mut b, |old| half::f16::from_f32(0.01 + (old & 0xff) as f32 / 5000.0));
         b
     }
 
@@ -335,7 +310,7 @@ mod tests {
         for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q4_K, Q5_K, Q6_K, IQ1_S] {
             for seed in 1..4u64 {
                 let w = random_row(ty, n, seed * 7919 + ty.id() as u64);
-                let x: Vec<f32> = bytes(n, seed).iter().map(|&b| (b as f32 - 128.0) / 37.0).collect();
+                let x: Vec<f32> = xorshift_bytes(n, seed).iter().map(|&b| (b as f32 - 128.0) / 37.0).collect();
                 let mut acts = QuantizedActs::default();
                 acts.quantize(Kernels::scalar(), vec_dot_type(ty), &x, n);
                 let got = dot_row(Kernels::scalar(), ty, &w, &acts, 0, &mut Vec::new()) as f64;

@@ -340,19 +340,7 @@ mod tests {
 
     use super::*;
     use crate::matmul::matmul;
-
-    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s as u8
-            })
-            .collect()
-    }
+    use crate::quant::synthetic::xorshift_bytes as bytes;
 
     #[test]
     fn team_matmul_equals_pool_matmul_bit_for_bit() {

@@ -13,6 +13,7 @@ use compute::ops;
 use compute::quant::activation::{quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use compute::quant::dot;
 use compute::quant::simd::{Isa, Kernels};
+use compute::quant::synthetic::f16_scale_offsets;
 use gguf::{GgmlType, GgufFile};
 use half::f16;
 use rand::rngs::StdRng;
@@ -109,18 +110,6 @@ fn simd(k: Kernels, ty: GgmlType, w: &[u8], a: &Acts, halves: bool) -> f32 {
     }
 }
 
-/// Byte offsets of the f16 scale fields in a block of `ty`.
-fn scale_offsets(ty: GgmlType) -> &'static [usize] {
-    use GgmlType::*;
-    match ty {
-        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | IQ1_S => &[0],
-        Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
-        Q2_K => &[80, 82],
-        Q6_K => &[208],
-        _ => &[],
-    }
-}
-
 /// A random finite f16 of either sign over many binades (sometimes zero), as bytes.
 fn random_scale(rng: &mut StdRng) -> [u8; 2] {
     let v = if rng.gen_ratio(1, 50) { 0.0 } else { rng.gen_range(-14.0f32..4.0).exp2() };
@@ -133,7 +122,7 @@ fn random_scale(rng: &mut StdRng) -> [u8; 2] {
 fn random_blocks(rng: &mut StdRng, ty: GgmlType, n_blocks: usize) -> Vec<u8> {
     let mut w: Vec<u8> = (0..n_blocks * ty.type_size()).map(|_| rng.gen()).collect();
     for blk in w.chunks_exact_mut(ty.type_size()) {
-        for &o in scale_offsets(ty) {
+        for &o in f16_scale_offsets(ty) {
             blk[o..o + 2].copy_from_slice(&random_scale(rng));
         }
     }
@@ -204,7 +193,7 @@ fn dots_match_scalar_on_edge_blocks() {
                     let n_blocks = 9;
                     let mut w = vec![fill; n_blocks * ty.type_size()];
                     for blk in w.chunks_exact_mut(ty.type_size()) {
-                        for &o in scale_offsets(ty) {
+                        for &o in f16_scale_offsets(ty) {
                             blk[o..o + 2].copy_from_slice(&random_scale(&mut rng));
                         }
                     }

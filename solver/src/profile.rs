@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use compute::matmul::{matmul, QMatrix, QuantizedActs};
+use compute::quant::synthetic::random_matrix;
 use gguf::{GgmlType, GgufFile};
 use serde::{Deserialize, Serialize};
 
@@ -122,49 +123,10 @@ fn time_per_call(budget: Duration, mut f: impl FnMut()) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// Random but valid blocks of `ty` (finite f16 scales).
-fn random_matrix(ty: GgmlType, n_in: usize, n_out: usize) -> Option<Vec<u8>> {
-    let row = ty.row_bytes(n_in as u64)? as usize;
-    let mut s = 0x9E3779B97F4A7C15u64;
-    let mut v: Vec<u8> = (0..row * n_out)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect();
-    let scales: &[usize] = match ty {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::IQ1_S => &[0],
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
-        GgmlType::Q6_K => &[208],
-        GgmlType::Q2_K => &[80, 82],
-        GgmlType::F16 => {
-            for c in v.chunks_exact_mut(2) {
-                c.copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-            }
-            &[]
-        }
-        GgmlType::F32 => {
-            for c in v.chunks_exact_mut(4) {
-                c.copy_from_slice(&0.01f32.to_le_bytes());
-            }
-            &[]
-        }
-        _ => &[],
-    };
-    for b in v.chunks_exact_mut(ty.type_size()) {
-        for &o in scales {
-            b[o..o + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-        }
-    }
-    Some(v)
-}
-
 /// GFLOP/s of a 4096 × 4096 matrix × vector product of `ty` on the current rayon pool.
 fn matvec_gflops(ty: GgmlType, budget: Duration) -> Option<f64> {
     let (n_in, n_out) = (4096, 4096);
-    let data = random_matrix(ty, n_in, n_out)?;
+    let data = random_matrix(ty, n_in, n_out, 0x9E3779B97F4A7C15)?;
     let w = QMatrix::new("profile", ty, n_in, n_out, &data).ok()?;
     let x: Vec<f32> = (0..n_in).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
     let mut out = vec![0.0; n_out];

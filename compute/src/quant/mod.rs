@@ -5,4 +5,5 @@ pub mod dequant;
 pub mod dot;
 pub mod quantize;
 pub mod simd;
+pub mod synthetic;
 pub mod tables;
