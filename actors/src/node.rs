@@ -65,6 +65,15 @@ async fn send_control(link: &mut Link, msg: &Control) -> Result<()> {
     Ok(link.send(&encode(msg)).await?)
 }
 
+/// Binds the listener for the ring link from the previous node (`listen` in the config).
+async fn bind_ring_listener(cfg: &NodeConfig) -> Result<(TcpListener, SocketAddr)> {
+    let listen: SocketAddr =
+        cfg.listen.parse().map_err(|_| NodeError::Join(format!("bad listen address {}", cfg.listen)))?;
+    let l = TcpListener::bind(listen).await.map_err(|e| NodeError::Join(format!("cannot listen on {listen}: {e}")))?;
+    let local = l.local_addr().map_err(|e| NodeError::Join(e.to_string()))?;
+    Ok((l, local))
+}
+
 /// Connects to the next node and accepts the previous one; both directions at once, since
 /// every node of the ring does the same.
 async fn form_ring(
@@ -267,11 +276,7 @@ async fn spawn_head(cfg: NodeConfig, key: Option<ClusterKey>, control: Option<Tc
     );
     let world = cfg.world;
     let max_frame = cfg.max_frame_bytes();
-    let listen: SocketAddr =
-        cfg.listen.parse().map_err(|_| NodeError::Join(format!("bad listen address {}", cfg.listen)))?;
-    let data =
-        TcpListener::bind(listen).await.map_err(|e| NodeError::Join(format!("cannot listen on {listen}: {e}")))?;
-    let data_local = data.local_addr().map_err(|e| NodeError::Join(e.to_string()))?;
+    let (data, data_local) = bind_ring_listener(&cfg).await?;
     let mut joined: BTreeMap<u32, Joined> = BTreeMap::new();
     if world > 1 {
         let key = key.as_ref().ok_or_else(|| NodeError::Join("a cluster needs a key_file".into()))?;
@@ -405,11 +410,7 @@ async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> 
     let key = key.ok_or_else(|| NodeError::Join("a node needs the cluster key_file".into()))?;
     let (file, fp, _) = shard::open(&cfg.model)?;
     let max_frame = cfg.max_frame_bytes();
-    let listen: SocketAddr =
-        cfg.listen.parse().map_err(|_| NodeError::Join(format!("bad listen address {}", cfg.listen)))?;
-    let data =
-        TcpListener::bind(listen).await.map_err(|e| NodeError::Join(format!("cannot listen on {listen}: {e}")))?;
-    let data_local = data.local_addr().map_err(|e| NodeError::Join(e.to_string()))?;
+    let (data, data_local) = bind_ring_listener(&cfg).await?;
     // The head may start after us: retry refused connections until the join timeout.
     let deadline = Instant::now() + Duration::from_secs(cfg.join_timeout_s);
     let mut link = loop {
