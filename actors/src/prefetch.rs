@@ -7,6 +7,8 @@
 //! right after a window ran, so Compute does not take the page faults itself.
 
 use std::fs::File;
+
+use gguf::file::read_at;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -177,16 +179,6 @@ impl PageManager {
             }
         }
     }
-}
-
-#[cfg(unix)]
-fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(f, buf, off)
-}
-
-#[cfg(windows)]
-fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_read(f, buf, off)
 }
 
 #[cfg(target_os = "linux")]

@@ -144,3 +144,16 @@ impl GgufFile {
         Ok((info, self.tensor_data(info)?))
     }
 }
+
+/// Reads from `f` at byte offset `off` without moving a cursor (`pread`), on every platform
+/// with a positional read.
+#[cfg(unix)]
+pub fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(f, buf, off)
+}
+
+/// Reads from `f` at byte offset `off` (`seek_read`).
+#[cfg(windows)]
+pub fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(f, buf, off)
+}

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+
+use gguf::file::read_at;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -160,16 +162,6 @@ fn open_direct(path: &Path) -> (Option<File>, bool) {
     (File::open(path).ok(), false)
 }
 
-#[cfg(unix)]
-fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(f, buf, off)
-}
-
-#[cfg(windows)]
-fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_read(f, buf, off)
-}
-
 /// A page-aligned window of `len` bytes inside an over-allocated buffer (O_DIRECT needs it).
 fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     buf.resize(len + 4096, 0);
@@ -241,10 +233,9 @@ fn fingerprint(file: &GgufFile) -> String {
     format!("{}-{sum:016x}", file.file_len())
 }
 
-/// Measures this device for `model`.
-pub fn measure(model: &Path, opts: &ProfileOptions) -> Result<DeviceProfile, String> {
-    let file = GgufFile::open(model).map_err(|e| format!("cannot load {}: {e}", model.display()))?;
-    let fp = fingerprint(&file);
+/// Measures this device for the model in `file` (its weight types, and its bytes for the disk figures).
+pub fn measure(file: &GgufFile, opts: &ProfileOptions) -> Result<DeviceProfile, String> {
+    let fp = fingerprint(file);
     let mut types: Vec<GgmlType> = file.tensors().iter().filter(|t| t.dims.len() == 2).map(|t| t.ggml_type).collect();
     types.extend([GgmlType::F32, GgmlType::F16]);
     types.sort_by_key(|t| t.id());
@@ -255,7 +246,7 @@ pub fn measure(model: &Path, opts: &ProfileOptions) -> Result<DeviceProfile, Str
             types.iter().filter_map(|&t| matvec_gflops(t, opts.budget).map(|g| (t.to_string(), g))).collect();
         (g, mem_bandwidth(opts.budget))
     });
-    let (disk_seq_gbs, disk_rand_mbs, disk_direct) = disk(model, opts.budget);
+    let (disk_seq_gbs, disk_rand_mbs, disk_direct) = disk(file.path(), opts.budget);
     let mi = meminfo();
     let os = os_name();
     Ok(DeviceProfile {
@@ -293,7 +284,6 @@ pub fn cache_path(model_fingerprint: &str, threads: usize) -> Option<PathBuf> {
 pub fn load_or_measure(model: &Path, opts: &ProfileOptions, refresh: bool) -> Result<(DeviceProfile, bool), String> {
     let file = GgufFile::open(model).map_err(|e| format!("cannot load {}: {e}", model.display()))?;
     let fp = fingerprint(&file);
-    drop(file);
     let path = cache_path(&fp, opts.threads);
     if !refresh {
         if let Some(p) = &path {
@@ -306,7 +296,7 @@ pub fn load_or_measure(model: &Path, opts: &ProfileOptions, refresh: bool) -> Re
             }
         }
     }
-    let prof = measure(model, opts)?;
+    let prof = measure(&file, opts)?;
     if let Some(p) = &path {
         let saved = p
             .parent()
