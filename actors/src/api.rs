@@ -58,9 +58,7 @@ struct AppState {
     node: Arc<Node>,
     cfg: ApiConfig,
     tok: Arc<Tokenizer>,
-    template: Option<String>,
-    bos: String,
-    eos: String,
+    chat: gguf::chat::ChatFormat,
     in_flight: AtomicUsize,
     metrics: Metrics,
 }
@@ -84,18 +82,9 @@ fn now() -> u64 {
 /// Builds the server's router for `node` (which must be a head).
 pub fn router(node: Arc<Node>, cfg: ApiConfig) -> Result<Router, String> {
     let tok = node.tokenizer().ok_or("the API runs on the head only")?.clone();
-    let text_of = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
-    let (bos, eos) = (text_of(tok.bos()), text_of(tok.eos()));
-    let state = Arc::new(AppState {
-        template: node.chat_template().map(str::to_string),
-        node,
-        cfg,
-        tok,
-        bos,
-        eos,
-        in_flight: AtomicUsize::new(0),
-        metrics: Metrics::default(),
-    });
+    let chat = gguf::chat::ChatFormat::new(node.chat_template().map(str::to_string), &tok);
+    let state =
+        Arc::new(AppState { chat, node, cfg, tok, in_flight: AtomicUsize::new(0), metrics: Metrics::default() });
     Ok(Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -305,7 +294,7 @@ async fn chat_completions(State(st): State<Shared>, body: Bytes) -> Response {
     if msgs.is_empty() {
         return bad_request("messages must not be empty");
     }
-    let text = match gguf::chat::render_chat(st.template.as_deref(), &msgs, true, &st.bos, &st.eos) {
+    let text = match st.chat.render(&msgs, true) {
         Ok(t) => t,
         Err(e) => return bad_request(format!("cannot apply the chat template: {e}")),
     };

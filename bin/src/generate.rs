@@ -56,11 +56,11 @@ struct Generation<'a> {
     logits: Vec<f32>,
 }
 
-struct Stats {
-    n_prompt: usize,
-    prompt_s: f64,
-    n_gen: usize,
-    gen_s: f64,
+pub(crate) struct Stats {
+    pub n_prompt: usize,
+    pub prompt_s: f64,
+    pub n_gen: usize,
+    pub gen_s: f64,
 }
 
 impl Generation<'_> {
@@ -101,7 +101,8 @@ impl Generation<'_> {
     }
 }
 
-fn report(s: &Stats) {
+/// Prints prompt and decode speed to stderr.
+pub(crate) fn report(s: &Stats) {
     let rate = |n: usize, t: f64| if t > 0.0 { n as f64 / t } else { 0.0 };
     eprintln!(
         "\nprompt: {} tokens in {:.0} ms ({:.1} tokens/s) | decode: {} tokens in {:.0} ms ({:.1} tokens/s, {:.1} ms/token)",
@@ -156,29 +157,46 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn chat(g: &mut Generation<'_>, f: &GgufFile, a: &RunArgs, out: &mut impl Write) -> Result<()> {
-    let template = f.metadata().str_opt("tokenizer.chat_template")?.map(str::to_string);
-    let text_of = |id: Option<u32>| id.and_then(|i| g.tok.token_text(i)).unwrap_or("").to_string();
-    let bos = text_of(g.tok.bos());
-    let eos = text_of(g.tok.eos());
-    let mut messages = Vec::new();
-    if !a.system.is_empty() {
-        messages.push(gguf::chat::ChatMessage::new("system", &a.system));
+/// A chat on stdin: user turns in, the whole conversation rendered for the model out.
+pub(crate) struct Conversation {
+    format: gguf::chat::ChatFormat,
+    messages: Vec<gguf::chat::ChatMessage>,
+}
+
+impl Conversation {
+    pub fn new(format: gguf::chat::ChatFormat, system: &str) -> Conversation {
+        let mut messages = Vec::new();
+        if !system.is_empty() {
+            messages.push(gguf::chat::ChatMessage::new("system", system));
+        }
+        Conversation { format, messages }
     }
-    let mut in_cache: Vec<u32> = Vec::new();
-    let stdin = std::io::stdin();
-    loop {
+
+    /// Reads the next user turn; `None` at the end of input or on `quit`/`exit`.
+    pub fn next_prompt(&mut self) -> Result<Option<String>> {
         eprint!("\n> ");
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            return Ok(());
+        if std::io::stdin().lock().read_line(&mut line)? == 0 {
+            return Ok(None);
         }
         let line = line.trim_end_matches(['\n', '\r']);
         if matches!(line.trim(), "quit" | "exit") {
-            return Ok(());
+            return Ok(None);
         }
-        messages.push(gguf::chat::ChatMessage::new("user", line));
-        let text = gguf::chat::render_chat(template.as_deref(), &messages, true, &bos, &eos)?;
+        self.messages.push(gguf::chat::ChatMessage::new("user", line));
+        Ok(Some(self.format.render(&self.messages, true)?))
+    }
+
+    pub fn add_reply(&mut self, text: String) {
+        self.messages.push(gguf::chat::ChatMessage::new("assistant", text));
+    }
+}
+
+fn chat(g: &mut Generation<'_>, f: &GgufFile, a: &RunArgs, out: &mut impl Write) -> Result<()> {
+    let template = f.metadata().str_opt("tokenizer.chat_template")?.map(str::to_string);
+    let mut conv = Conversation::new(gguf::chat::ChatFormat::new(template, g.tok), &a.system);
+    let mut in_cache: Vec<u32> = Vec::new();
+    while let Some(text) = conv.next_prompt()? {
         let all = g.tok.encode(&text, true, true);
         // Reuse the cached prefix the new rendering shares with what the cache holds.
         let common = all.iter().zip(&in_cache).take_while(|(x, y)| x == y).count();
@@ -196,6 +214,7 @@ fn chat(g: &mut Generation<'_>, f: &GgufFile, a: &RunArgs, out: &mut impl Write)
         in_cache.extend_from_slice(&reply);
         // The last sampled token may not have been fed: keep exactly what the cache holds.
         in_cache.truncate(g.session.n_past());
-        messages.push(gguf::chat::ChatMessage::new("assistant", g.tok.decode(&reply)));
+        conv.add_reply(g.tok.decode(&reply));
     }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! `prima node`, `prima cluster --local N` and `prima keygen`: running the ring.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use runtime::auth::ClusterKey;
 use runtime::plan::parse_windows;
 use runtime::NodeConfig;
 
+use crate::generate::{report as report_speed, Conversation, Stats};
 use crate::{ClusterArgs, HeadArgs, HttpArgs, NodeArgs, ServeArgs};
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
@@ -108,32 +109,16 @@ async fn head_session(node: &Node, a: &HeadArgs) -> Result<()> {
         report(&stats, a.trace);
         return Ok(());
     }
-    let template = node.chat_template().map(str::to_string);
-    let text_of = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
-    let (bos, eos) = (text_of(tok.bos()), text_of(tok.eos()));
-    let mut messages = Vec::new();
-    if !a.system.is_empty() {
-        messages.push(gguf::chat::ChatMessage::new("system", &a.system));
-    }
-    let stdin = std::io::stdin();
-    loop {
-        eprint!("\n> ");
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let line = line.trim_end_matches(['\n', '\r']);
-        if matches!(line.trim(), "quit" | "exit") {
-            return Ok(());
-        }
-        messages.push(gguf::chat::ChatMessage::new("user", line));
-        let text = gguf::chat::render_chat(template.as_deref(), &messages, true, &bos, &eos)?;
+    let format = gguf::chat::ChatFormat::new(node.chat_template().map(str::to_string), &tok);
+    let mut conv = Conversation::new(format, &a.system);
+    while let Some(text) = conv.next_prompt()? {
         // The batcher reuses the KV prefix this conversation shares with the previous turn.
         let (reply, stats) = stream(node, &tok, tok.encode(&text, true, true), a, &mut out).await?;
         writeln!(out)?;
         report(&stats, a.trace);
-        messages.push(gguf::chat::ChatMessage::new("assistant", tok.decode(&reply)));
+        conv.add_reply(tok.decode(&reply));
     }
+    Ok(())
 }
 
 async fn stream(
@@ -172,17 +157,12 @@ async fn stream(
 }
 
 fn report(s: &GenerationStats, trace: bool) {
-    let new = s.n_prompt - s.n_reused;
-    let rate = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
-    eprintln!(
-        "\nprompt: {new} tokens in {:.0} ms ({:.1} tokens/s) | decode: {} tokens in {:.0} ms ({:.1} tokens/s, {:.1} ms/token)",
-        s.prompt_ms,
-        rate(new, s.prompt_ms),
-        s.n_gen,
-        s.gen_ms,
-        rate(s.n_gen, s.gen_ms),
-        if s.n_gen > 0 { s.gen_ms / s.n_gen as f64 } else { 0.0 },
-    );
+    report_speed(&Stats {
+        n_prompt: s.n_prompt - s.n_reused,
+        prompt_s: s.prompt_ms / 1e3,
+        n_gen: s.n_gen,
+        gen_s: s.gen_ms / 1e3,
+    });
     if trace && !s.hops.is_empty() {
         // Mean per hop over the decoded tokens (the first token's hops belong to the prompt).
         let n = s.hops.len() as f64;

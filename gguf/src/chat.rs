@@ -31,6 +31,27 @@ impl ChatMessage {
     }
 }
 
+/// A model's chat format: its template (ChatML when it has none) and the BOS/EOS token texts
+/// templates may print.
+#[derive(Clone, Debug)]
+pub struct ChatFormat {
+    template: Option<String>,
+    bos: String,
+    eos: String,
+}
+
+impl ChatFormat {
+    pub fn new(template: Option<String>, tok: &crate::Tokenizer) -> ChatFormat {
+        let text_of = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
+        ChatFormat { template, bos: text_of(tok.bos()), eos: text_of(tok.eos()) }
+    }
+
+    /// [`render_chat`] with this format.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        render_chat(self.template.as_deref(), messages, add_generation_prompt, &self.bos, &self.eos)
+    }
+}
+
 /// The chat template stored in a GGUF file, if any.
 pub fn template_from_metadata(md: &Metadata) -> Result<Option<&str>> {
     md.str_opt("tokenizer.chat_template")
