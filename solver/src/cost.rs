@@ -31,8 +31,17 @@ pub struct ModelCost {
     pub out_flops: BTreeMap<String, f64>,
     /// Weight bytes of one decoder layer (b).
     pub layer_bytes: f64,
-    /// KV-cache bytes of one layer at the context length (2(h_k e_k + h_v e_v)·n_kv).
+    /// KV-cache bytes of one layer at the context length (2(h_k e_k + h_v e_v)·n_kv): what the
+    /// cache takes in memory (the RAM terms and constraints).
     pub layer_kv_bytes: f64,
+    /// KV-cache bytes one token reads per layer at the context the plan is made for (the memory
+    /// access term, Eq. 14). The paper uses one n_kv for both; this runtime allocates the cache
+    /// at `n_ctx` but a token reads only the filled part, so the two differ.
+    pub layer_kv_read_bytes: f64,
+    /// K and V bytes one token adds to one layer (what `t^kv_cpy` copies).
+    pub kv_token_bytes: f64,
+    /// Bytes of one hidden state on the wire (`4e` in the paper for f32).
+    pub hidden_bytes: f64,
     /// One row of the input embedding (b_i / V).
     pub input_row_bytes: f64,
     /// Output norm and head (b_o).
@@ -68,6 +77,29 @@ pub struct DeviceCost {
     /// Compute buffers on the CPU and GPU side.
     pub c_cpu: f64,
     pub c_gpu: f64,
+    /// Free VRAM for CUDA (`d^avail,cuda`); unused without a GPU and on Metal.
+    pub vram_avail: f64,
+}
+
+impl DeviceCost {
+    /// Whether the device runs layers on a GPU (CUDA, or Metal on macOS).
+    pub fn has_gpu(&self) -> bool {
+        !self.gpu_flops.is_empty()
+    }
+
+    pub fn metal(&self) -> bool {
+        matches!(self.os, Os::MacOs { metal: true })
+    }
+
+    /// The memory budget Halda starts from and the RAM constraints use (footnote 6 of the
+    /// paper): available RAM, plus what Android can swap out, or Metal's working set.
+    pub fn budget(&self) -> f64 {
+        match self.os {
+            Os::Linux | Os::MacOs { metal: false } => self.ram_avail,
+            Os::Android => self.ram_avail + self.swappable,
+            Os::MacOs { metal: true } => self.metal_avail,
+        }
+    }
 }
 
 /// Per-device latency terms, seconds per token.
@@ -120,7 +152,7 @@ fn seconds(flops: &BTreeMap<String, f64>, speed: &BTreeMap<String, f64>) -> f64 
 pub fn token_latency(model: &ModelCost, devices: &[DeviceCost], w: &[usize], n: &[usize]) -> Vec<Terms> {
     let per = layers_per_device(model.n_layer, w, n);
     let b = model.layer_bytes;
-    let b_kv = model.layer_bytes + model.layer_kv_bytes; // b'
+    let b_kv = model.layer_bytes + model.layer_kv_read_bytes; // b', as read per token
     let head_io = model.input_row_bytes + model.output_bytes;
     devices
         .iter()
@@ -171,8 +203,8 @@ pub fn token_latency(model: &ModelCost, devices: &[DeviceCost], w: &[usize], n: 
                 }
             };
             let disk = reread / d.disk;
-            // Eq. 19: one hidden state sent per window visited.
-            let comm = visits as f64 * d.t_comm;
+            // Eq. 19: one hidden state sent per window visited (none when the device is alone).
+            let comm = if devices.len() > 1 { visits as f64 * d.t_comm } else { 0.0 };
             Terms { compute, memory, disk, comm }
         })
         .collect()
@@ -197,6 +229,9 @@ mod tests {
             out_flops: [("Q6_K".to_string(), 1.1e9)].into(),
             layer_bytes: 150.0 * 1048576.0,
             layer_kv_bytes: 4.0 * 1048576.0,
+            layer_kv_read_bytes: 4.0 * 1048576.0,
+            kv_token_bytes: 1024.0,
+            hidden_bytes: 4.0 * 3584.0,
             input_row_bytes: 3584.0 * 0.6,
             output_bytes: 430.0 * 1048576.0,
         }
@@ -220,6 +255,7 @@ mod tests {
             swappable: 0.0,
             c_cpu: 200e6,
             c_gpu: 0.0,
+            vram_avail: 0.0,
         }
     }
 
@@ -237,7 +273,9 @@ mod tests {
         assert!((t[0].disk - model().input_row_bytes / 2e9).abs() < 1e-12);
         // Compute: 28 layers × 2 GFLOP at 100 GFLOP/s + the output layer at 90.
         assert!((t[0].compute - (28.0 * 0.02 + 1.1 / 90.0)).abs() < 1e-9);
-        assert_eq!(t[0].comm, 5e-3);
+        assert_eq!(t[0].comm, 0.0, "one device sends nothing");
+        let two = token_latency(&model(), &[cpu_device(16.0, 2.0), cpu_device(16.0, 2.0)], &[14, 14], &[0, 0]);
+        assert_eq!(two[0].comm, 5e-3);
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct GpuProfile {
     pub name: String,
     pub vram_bytes: u64,
     pub gflops: f64,
+    /// VRAM read throughput; a GPU without it is not scheduled.
+    #[serde(default)]
+    pub mem_bandwidth_gbs: f64,
 }
 
 /// What to measure and how long.
@@ -227,7 +230,7 @@ fn disk_buffered(path: &Path, budget: Duration) -> (f64, f64, bool) {
 }
 
 /// File size and an FNV-1a hash of the header: identifies the model a profile was made for.
-fn fingerprint(file: &GgufFile) -> String {
+pub fn fingerprint(file: &GgufFile) -> String {
     let sum =
         file.header_bytes().iter().fold(0xcbf29ce484222325u64, |a, &b| (a ^ u64::from(b)).wrapping_mul(0x100000001b3));
     format!("{}-{sum:016x}", file.file_len())
@@ -280,33 +283,53 @@ pub fn cache_path(model_fingerprint: &str, threads: usize) -> Option<PathBuf> {
     Some(base.join("prima").join(format!("profile-{model_fingerprint}-t{threads}.toml")))
 }
 
+fn read_cached(path: &Path, fp: &str) -> Option<DeviceProfile> {
+    let prof = toml::from_str::<DeviceProfile>(&std::fs::read_to_string(path).ok()?).ok()?;
+    (prof.version == PROFILE_VERSION && prof.model_fingerprint == fp).then_some(prof)
+}
+
+/// An exclusive lock on `path` for as long as the file stays open: nodes started together on
+/// one machine measure one after the other (their kernels would otherwise share the cores and
+/// each record a fraction of the machine), and the later ones find the cached result.
+fn lock(path: &Path) -> Option<File> {
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return None;
+        }
+    }
+    Some(f)
+}
+
 /// The cached profile if it is current, else a fresh measurement (then cached).
 pub fn load_or_measure(model: &Path, opts: &ProfileOptions, refresh: bool) -> Result<(DeviceProfile, bool), String> {
     let file = GgufFile::open(model).map_err(|e| format!("cannot load {}: {e}", model.display()))?;
     let fp = fingerprint(&file);
     let path = cache_path(&fp, opts.threads);
+    if let Some(p) = &path {
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+    }
+    let _guard = path.as_ref().and_then(|p| lock(&p.with_extension("lock")));
     if !refresh {
-        if let Some(p) = &path {
-            if let Ok(text) = std::fs::read_to_string(p) {
-                if let Ok(prof) = toml::from_str::<DeviceProfile>(&text) {
-                    if prof.version == PROFILE_VERSION && prof.model_fingerprint == fp {
-                        return Ok((prof, true));
-                    }
-                }
-            }
+        if let Some(prof) = path.as_deref().and_then(|p| read_cached(p, &fp)) {
+            return Ok((prof, true));
         }
     }
     let prof = measure(&file, opts)?;
     if let Some(p) = &path {
-        let saved = p
-            .parent()
-            .map(std::fs::create_dir_all)
-            .transpose()
-            .ok()
-            .and_then(|_| toml::to_string(&prof).ok())
-            .map(|t| std::fs::write(p, t));
-        if !matches!(saved, Some(Ok(()))) {
-            tracing::warn!("cannot cache the profile at {}", p.display());
+        // Write then rename, so a reader never sees half a file.
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        let saved = toml::to_string(&prof)
+            .map_err(|e| e.to_string())
+            .and_then(|t| std::fs::write(&tmp, t).map_err(|e| e.to_string()))
+            .and_then(|_| std::fs::rename(&tmp, p).map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            tracing::warn!("cannot cache the profile at {}: {e}", p.display());
         }
     }
     Ok((prof, false))
