@@ -82,8 +82,8 @@ async fn rings_of_one_to_four_nodes_match_one_device() {
     let cases: &[(u32, Option<Vec<usize>>)] = &[
         (1, None),
         (2, Some(vec![15, 15])),
-        (2, Some(vec![4, 6])),    // 3 cycles
-        (3, None),                // even split 10,10,10
+        (2, Some(vec![4, 6])), // 3 cycles
+        (3, Some(vec![10, 10, 10])),
         (3, Some(vec![3, 4, 5])), // 3 cycles, the last one partial
         (4, Some(vec![8, 8, 8, 6])),
         (4, Some(vec![0, 5, 2, 3])),    // a head without layers, 3 cycles
@@ -122,6 +122,7 @@ async fn losing_a_node_fails_the_request_with_its_name() {
     let p = prompt("Once upon a time");
     let mut opts = LocalCluster::new(model_path(), 3);
     opts.n_ctx = 1024;
+    opts.layer_window = Some(vec![10, 10, 10]);
     let mut cluster = Cluster::local(opts).await.unwrap();
     let mut rx = cluster.head.generate(request(&p, 200)).unwrap();
     // Let a few tokens through, then crash node 2.
@@ -167,5 +168,34 @@ async fn hidden_states_can_travel_as_f16() {
     // f16 rounding at each hop may change a near tie, so only the shape of the run is checked.
     assert!(!tokens.is_empty() && tokens.len() <= N_PREDICT);
     assert!(stats.hops.iter().all(|h| h.iter().map(|x| x.n_layers).sum::<u32>() == 30));
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unequal_nodes_get_a_plan_from_the_scheduler_and_still_match() {
+    let p = prompt("The capital of France is");
+    let want = single_device(&p, N_PREDICT);
+    let mut opts = LocalCluster::new(model_path(), 3);
+    opts.n_ctx = 1024;
+    // No layer_window: the head profiles every node and solves. The head may keep only a few
+    // MiB of weights in memory, node 1 a little more, node 2 plenty; their threads differ too.
+    opts.node_threads = vec![1, 2, 1];
+    opts.memory_budgets_mb = vec![8, 40, 400];
+    let cluster = Cluster::local(opts).await.unwrap();
+    let plan = cluster.head.plan().expect("the head has the plan").clone();
+    let predicted = cluster.head.predicted_token_ms().expect("an automatic plan has a prediction");
+    let (tokens, stats) = cluster.head.generate_all(request(&p, N_PREDICT)).await.unwrap();
+    let measured = stats.gen_ms / stats.n_gen.max(1) as f64;
+    eprintln!(
+        "plan {} (ring {:?}): predicted {predicted:.2} ms/token, measured {measured:.2}",
+        plan.windows_text(),
+        plan.ring
+    );
+    assert_eq!(tokens, want);
+    assert_eq!(plan.window.iter().sum::<usize>() * plan.cycles, 30, "whole cycles: {:?}", plan.window);
+    // The head cannot hold the model in 8 MiB, so layers go to the roomier nodes.
+    assert!(plan.ring.len() >= 2, "{:?}", plan.window);
+    assert!(plan.window[0] < 30, "{:?}", plan.window);
+    assert!(predicted > 0.0 && predicted.is_finite());
     cluster.shutdown().await.unwrap();
 }

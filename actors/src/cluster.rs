@@ -15,10 +15,14 @@ use crate::node::Node;
 pub struct LocalCluster {
     pub model: PathBuf,
     pub nodes: u32,
-    /// Layers per node per cycle (`None`: an even split in one cycle).
+    /// Layers per node per cycle (`None`: the scheduler plans from the nodes' profiles).
     pub layer_window: Option<Vec<usize>>,
     /// Compute threads per node.
     pub threads: usize,
+    /// Threads of each rank, overriding `threads` (empty: `threads` everywhere).
+    pub node_threads: Vec<usize>,
+    /// Memory budget of each rank in MiB (empty: none).
+    pub memory_budgets_mb: Vec<u64>,
     pub n_ctx: usize,
     pub wire_dtype: WireDtype,
 }
@@ -30,6 +34,8 @@ impl LocalCluster {
             nodes,
             layer_window: None,
             threads: 1,
+            node_threads: Vec::new(),
+            memory_budgets_mb: Vec::new(),
             n_ctx: 4096,
             wire_dtype: WireDtype::F32,
         }
@@ -56,7 +62,8 @@ impl Cluster {
             let mut c = NodeConfig::new(rank, opts.model.clone(), head_addr.clone());
             c.world = if rank == 0 { opts.nodes } else { 1 };
             c.listen = "127.0.0.1:0".into();
-            c.threads = Some(opts.threads);
+            c.threads = Some(opts.node_threads.get(rank as usize).copied().unwrap_or(opts.threads));
+            c.memory_budget_mb = opts.memory_budgets_mb.get(rank as usize).copied();
             c.n_ctx = opts.n_ctx;
             c.wire_dtype = opts.wire_dtype;
             c.join_timeout_s = 60;

@@ -12,6 +12,7 @@ pub mod compute;
 pub mod error;
 pub mod memstat;
 pub mod node;
+pub mod planner;
 pub mod prefetch;
 pub mod ring;
 pub mod shard;

@@ -40,6 +40,8 @@ pub struct Node {
     n_ctx: usize,
     plan: Option<Plan>,
     windows: Vec<Range<usize>>,
+    /// Token latency the scheduler predicted for the plan, seconds (head, automatic plans).
+    predicted_s: Option<f64>,
 }
 
 /// Where the others reach a node's ring listener: an unspecified IP is replaced by `seen`.
@@ -156,6 +158,12 @@ impl Node {
     }
 
     /// The model's tokenizer (head only).
+    /// The token latency the scheduler predicted for this ring's plan, in milliseconds (the
+    /// head of an automatically planned ring; `None` when the windows were given by hand).
+    pub fn predicted_token_ms(&self) -> Option<f64> {
+        self.predicted_s.map(|s| s * 1e3)
+    }
+
     pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
         self.tokenizer.as_ref()
     }
@@ -262,18 +270,10 @@ async fn spawn_head(cfg: NodeConfig, key: Option<ClusterKey>, control: Option<Tc
         Tokenizer::from_metadata(file.metadata())
             .map_err(|e| NodeError::Model { path: cfg.model.display().to_string(), msg: format!("tokenizer: {e}") })?,
     );
-    let plan = match &cfg.layer_window {
-        Some(w) => Plan::from_windows(hp.n_layer, w)?,
-        None => Plan::even(hp.n_layer, cfg.world as usize)?,
-    };
-    tracing::info!(
-        "plan: {} layers, windows {} ({} cycle{}), ring {:?}",
-        hp.n_layer,
-        plan.windows_text(),
-        plan.cycles,
-        if plan.cycles == 1 { "" } else { "s" },
-        plan.ring
-    );
+    if let Some(w) = &cfg.layer_window {
+        // Checked before anyone joins: a bad window is the user's to fix, not the nodes'.
+        Plan::from_windows(hp.n_layer, w)?;
+    }
     let world = cfg.world;
     let max_frame = cfg.max_frame_bytes();
     let (data, data_local) = bind_ring_listener(&cfg).await?;
@@ -347,6 +347,25 @@ async fn spawn_head(cfg: NodeConfig, key: Option<ClusterKey>, control: Option<Tc
             joined.insert(rank, Joined { link, data_addr, local });
         }
     }
+    let mut predicted = None;
+    let plan = match &cfg.layer_window {
+        Some(w) => Plan::from_windows(hp.n_layer, w)?,
+        None if world == 1 => Plan::even(hp.n_layer, 1)?,
+        None => {
+            let auto = auto_plan(&cfg, &file, &hp, &mut joined).await?;
+            predicted = Some(auto.schedule.latency);
+            auto.plan
+        }
+    };
+    tracing::info!(
+        "plan: {} layers, windows {} ({} cycle{}), ring {:?}{}",
+        hp.n_layer,
+        plan.windows_text(),
+        plan.cycles,
+        if plan.cycles == 1 { "" } else { "s" },
+        plan.ring,
+        if cfg.layer_window.is_some() { " (layer_window: the scheduler is skipped)" } else { "" }
+    );
     // Where the head's predecessor connects: the head's address as that node sees it.
     let me = plan.node(0).ok_or_else(|| NodeError::Join("the head is not in its own ring".into()))?;
     let head_addr = match joined.get(&me.prev) {
@@ -403,7 +422,43 @@ async fn spawn_head(cfg: NodeConfig, key: Option<ClusterKey>, control: Option<Tc
         control.push(ControlPeer { rank, addr, reader, writer });
     }
     tracing::info!("ring ready: {:?}", plan.ring);
-    start(cfg, 0, shard, ring, control, Some(tokenizer), Some(plan), me.windows).await
+    let mut node = start(cfg, 0, shard, ring, control, Some(tokenizer), Some(plan), me.windows).await?;
+    node.predicted_s = predicted;
+    Ok(node)
+}
+
+/// Profiles the head, times every member's link and collects its profile (one device at a
+/// time, so that nodes sharing a machine do not measure each other's load), then solves.
+async fn auto_plan(
+    cfg: &NodeConfig,
+    file: &gguf::GgufFile,
+    hp: &compute::HParams,
+    joined: &mut BTreeMap<u32, Joined>,
+) -> Result<crate::planner::AutoPlan> {
+    let threads = cfg.threads.unwrap_or_else(default_threads);
+    let head = crate::planner::local_profile(cfg, threads)
+        .await
+        .map_err(|e| NodeError::Join(format!("cannot profile the head: {e}")))?;
+    let hidden_bytes = hp.n_embd * cfg.wire_dtype.bytes_per_value();
+    let within = Duration::from_secs(cfg.join_timeout_s.max(120));
+    let mut profiles = BTreeMap::new();
+    for (&rank, j) in joined.iter_mut() {
+        let m = crate::planner::survey(&mut j.link, hidden_bytes, within)
+            .await
+            .map_err(|e| NodeError::Join(format!("node {rank}: {e}")))?;
+        tracing::info!(
+            "node {rank}: link {:.3} ms per hidden state, {:.2} GB/s for 1 MiB frames",
+            m.t_comm * 1e3,
+            m.bandwidth / 1e9
+        );
+        profiles.insert(rank, (m.profile, m.t_comm));
+    }
+    // The head's own link: the same network, so the members' median stands in for it.
+    let mut links: Vec<f64> = profiles.values().map(|p| p.1).collect();
+    links.sort_by(f64::total_cmp);
+    let head_link = links.get(links.len() / 2).copied().unwrap_or(0.0);
+    profiles.insert(0, (head, head_link));
+    crate::planner::solve(file, cfg, &profiles)
 }
 
 async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> {
@@ -439,7 +494,13 @@ async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> 
     send_control(&mut link, &join).await?;
     tracing::info!("node {}: joined the head at {}; waiting for the plan", cfg.rank, cfg.head);
     let within = Duration::from_secs(cfg.join_timeout_s);
-    let (windows, prev, next, next_addr, wire_f16, n_ctx) = match recv_control(&mut link, "the plan", within).await? {
+    let plan = loop {
+        let msg = recv_control(&mut link, "the plan", within).await?;
+        if !crate::planner::answer(&mut link, &msg, &cfg, threads).await? {
+            break msg;
+        }
+    };
+    let (windows, prev, next, next_addr, wire_f16, n_ctx) = match plan {
         Control::Plan { windows, prev, next, next_addr, wire_f16, n_ctx, .. } => {
             (windows, prev, next, next_addr, wire_f16, n_ctx)
         }
@@ -462,6 +523,7 @@ async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> 
             n_ctx: 0,
             plan: None,
             windows,
+            predicted_s: None,
         });
     }
     if windows.iter().any(|w| w.start >= w.end || w.end > file_layers(&file)) || n_ctx == 0 {
@@ -546,5 +608,6 @@ async fn start(
         n_ctx: cfg.n_ctx,
         plan,
         windows,
+        predicted_s: None,
     })
 }

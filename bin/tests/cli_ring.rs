@@ -50,7 +50,9 @@ fn config(dir: &Path, rank: u32, world: u32, port: u16, key: &Path, model: &Path
         "rank = {rank}\nmodel = {model:?}\nhead = \"127.0.0.1:{port}\"\nlisten = \"127.0.0.1:0\"\nkey_file = {key:?}\nthreads = 1\nn_ctx = 1024\njoin_timeout_s = 30\nheartbeat_ms = 200\npeer_timeout_ms = 2000\n"
     );
     if rank == 0 {
-        s.push_str(&format!("world = {world}\n"));
+        // An even split by hand: these tests are about the ring, not the scheduler.
+        let w: Vec<String> = (0..world).map(|r| (30 / world + u32::from(r < 30 % world)).to_string()).collect();
+        s.push_str(&format!("world = {world}\nlayer_window = [{}]\n", w.join(", ")));
     }
     std::fs::write(&p, s).unwrap();
     p

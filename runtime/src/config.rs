@@ -82,6 +82,8 @@ pub struct NodeConfig {
     pub n_ctx: usize,
     /// Layers per node per cycle, in rank order (head only), as prima.cpp's `-lw`.
     /// Windows repeat for several cycles when their sum is smaller than the layer count.
+    /// Absent: the head profiles every node and the scheduler (Halda) picks the windows,
+    /// leaving out nodes that would not lower the predicted token latency.
     #[serde(default)]
     pub layer_window: Option<Vec<usize>>,
     /// Hidden-state encoding on the ring (head only; the head tells the others).

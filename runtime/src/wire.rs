@@ -8,7 +8,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 /// Bumped whenever a message type changes shape.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Identifies a model file: nodes holding different files are refused at join.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -41,6 +41,18 @@ pub enum Control {
         data_addr: String,
         threads: u32,
         host: String,
+    },
+    /// Head → node: measure this device (or load its cached profile) and send it back.
+    ProfileRequest,
+    /// Node → head: the device profile as JSON (`solver::DeviceProfile`, with the available RAM
+    /// already capped by the node's memory budget), or why there is none.
+    Profile {
+        json: String,
+        error: Option<String>,
+    },
+    /// Head → node, and back unchanged: times the link with a hidden-state-sized payload.
+    Echo {
+        payload: Vec<u8>,
     },
     /// Head → node: your layers and ring neighbours. `windows` empty: not in the ring, exit.
     Plan {
@@ -260,6 +272,8 @@ mod tests {
             ),
             ("shutdown", encode(&Control::Shutdown { error: Some("node 2 lost".into()) })),
             ("heartbeat", encode(&Control::Heartbeat)),
+            ("profile", encode(&Control::Profile { json: "{\"version\":1}".into(), error: None })),
+            ("echo", encode(&Control::Echo { payload: vec![0x5a; 64] })),
         ];
         for (name, bytes) in frames {
             std::fs::write(dir.join(name), bytes).unwrap();
