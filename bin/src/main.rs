@@ -3,6 +3,7 @@
 
 mod bench;
 mod generate;
+mod plan;
 mod quantize;
 mod ring;
 mod synth;
@@ -35,6 +36,9 @@ enum Command {
     Serve(ServeArgs),
     /// Measure this device for the scheduler (CPU per weight type, memory, disk, RAM); cached per model.
     Profile(ProfileArgs),
+    /// Solve the layer windows offline from saved device profiles and show the predicted
+    /// latency per device and term.
+    Plan(PlanArgs),
     /// Measure prompt processing (ppN) and decode (tgN) speed, llama-bench style.
     Bench(BenchArgs),
     /// Re-encode a model's weights: q8_0, q4_0, q4_1, q5_0, q4_k, q6_k or q4_k_m.
@@ -247,8 +251,51 @@ pub struct ClusterArgs {
     /// Hidden states on the wire: f32 (exact) or f16 (half the bytes).
     #[arg(long, default_value = "f32")]
     pub wire_dtype: String,
+    /// Memory budget of each node in MiB, in rank order, e.g. "64,256,1024": the scheduler
+    /// plans with it and the prefetcher keeps each node's resident weights under it.
+    #[arg(long)]
+    pub memory_budgets: Option<String>,
+    /// Compute threads of each node in rank order, e.g. "1,2,1" (overrides -t).
+    #[arg(long)]
+    pub node_threads: Option<String>,
     #[command(flatten)]
     pub head: HeadArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Folder of device profiles (`prima profile -m MODEL > DIR/NAME.toml` on each device,
+    /// TOML or JSON); the head is the first by file name unless --head names it.
+    #[arg(long)]
+    pub profiles: PathBuf,
+    /// Model file (GGUF) to plan for.
+    #[arg(short = 'm', long)]
+    pub model: PathBuf,
+    /// The head's profile (a file name in the folder, with or without its extension).
+    #[arg(long)]
+    pub head: Option<String>,
+    /// Context size the KV caches are allocated for.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Tokens a decoded token attends to on average (the KV bytes it reads).
+    #[arg(long, default_value_t = solver::inputs::DEFAULT_N_KV)]
+    pub n_kv: usize,
+    /// Milliseconds to send one hidden state to the next device (profiles do not carry it;
+    /// a ring measures it at start-up). 5 ms is a typical home Wi-Fi hop.
+    #[arg(long, default_value_t = 5.0)]
+    pub link_ms: f64,
+    /// Keep every device, even those that do not lower the predicted latency.
+    #[arg(long)]
+    pub no_select: bool,
+    /// Use exactly this many cycles round the ring.
+    #[arg(long)]
+    pub cycles: Option<usize>,
+    /// Predict a given plan instead of solving, e.g. "8,8,8,6" (rank order).
+    #[arg(long = "lw", alias = "layer-window")]
+    pub layer_window: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Sampling options shared by every command that generates.
@@ -351,6 +398,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth::synth(a),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Profile(a) => profile(a),
+        Command::Plan(a) => plan::plan(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -107,6 +107,7 @@ async fn head_session(node: &Node, a: &HeadArgs) -> Result<()> {
         let prompt = tok.encode(a.prompt.as_deref().unwrap_or(""), true, true);
         let (_, stats) = stream(node, &tok, prompt, a, &mut out).await?;
         report(&stats, a.trace);
+        predicted_vs_measured(node, &stats);
         return Ok(());
     }
     let format = gguf::chat::ChatFormat::new(node.chat_template().map(str::to_string), &tok);
@@ -154,6 +155,15 @@ async fn stream(
         }
     }
     bail!("the ring stopped before the request finished")
+}
+
+/// The scheduler's predicted token latency next to the measured one (automatic plans).
+fn predicted_vs_measured(node: &Node, s: &GenerationStats) {
+    if let (Some(p), true) = (node.predicted_token_ms(), s.n_gen > 1) {
+        let measured = s.gen_ms / s.n_gen as f64;
+        eprintln!("scheduler: predicted {p:.2} ms/token, measured {measured:.2} ms/token");
+        tracing::info!("predicted {p:.2} ms/token, measured {measured:.2}");
+    }
 }
 
 fn report(s: &GenerationStats, trace: bool) {
@@ -213,25 +223,45 @@ pub fn cluster(a: ClusterArgs) -> Result<()> {
     let head_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = a.threads.unwrap_or((cores / a.local as usize).max(1));
+    let per_node = |what: &str, list: &Option<String>| -> Result<Vec<u64>> {
+        let Some(list) = list else { return Ok(Vec::new()) };
+        let v: Vec<u64> = list
+            .split(',')
+            .map(|x| x.trim().parse::<u64>().with_context(|| format!("{what}: {x:?} is not a whole number")))
+            .collect::<Result<_>>()?;
+        if v.len() != a.local as usize {
+            bail!("{what} has {} values for {} nodes", v.len(), a.local);
+        }
+        Ok(v)
+    };
+    let budgets = per_node("--memory-budgets", &a.memory_budgets)?;
+    let node_threads = per_node("--node-threads", &a.node_threads)?;
+    if node_threads.contains(&0) {
+        bail!("--node-threads: every node needs at least one thread");
+    }
     let exe = std::env::current_exe().context("cannot find the prima executable")?;
     let rt = tokio_runtime()?;
     rt.block_on(async move {
         let mut children = Vec::new();
         for rank in (0..a.local).rev() {
             let mut toml = format!(
-                "rank = {rank}\nmodel = {model:?}\nhead = \"127.0.0.1:{head_port}\"\nlisten = \"127.0.0.1:0\"\nkey_file = {key:?}\nthreads = {threads}\nn_ctx = {}\nwire_dtype = \"{}\"\n",
+                "rank = {rank}\nmodel = {model:?}\nhead = \"127.0.0.1:{head_port}\"\nlisten = \"127.0.0.1:0\"\nkey_file = {key:?}\nthreads = {}\nn_ctx = {}\nwire_dtype = \"{}\"\n",
+                node_threads.get(rank as usize).copied().unwrap_or(threads as u64),
                 a.ctx_size,
                 a.wire_dtype.to_ascii_lowercase(),
             );
             if rank == 0 {
                 toml.push_str(&format!("world = {}\n", a.local));
             }
+            if let Some(mb) = budgets.get(rank as usize) {
+                toml.push_str(&format!("memory_budget_mb = {mb}\n"));
+            }
             let path = dir.join(format!("node{rank}.toml"));
             std::fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
             let mut cmd = tokio::process::Command::new(&exe);
             cmd.arg("node").arg("--config").arg(&path).kill_on_drop(true);
             if std::env::var_os("PRIMA_LOG").is_none() {
-                cmd.env("PRIMA_LOG", if rank == 0 { "warn,actors::node=info" } else { "warn" });
+                cmd.env("PRIMA_LOG", if rank == 0 { "warn,actors::node=info,actors::planner=info" } else { "warn" });
             }
             if rank == 0 {
                 cmd.args(a.head.forward_args()).stdout(Stdio::inherit()).stdin(Stdio::inherit());
