@@ -199,3 +199,93 @@ async fn unequal_nodes_get_a_plan_from_the_scheduler_and_still_match() {
     assert!(predicted > 0.0 && predicted.is_finite());
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_decode_together_and_each_matches_its_solo_run() {
+    let texts = [
+        "The capital of France is",
+        "Once upon a time",
+        "The quick brown fox",
+        "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n",
+        "1, 2, 3, 4,",
+        "Water boils at",
+        "My favourite food is",
+        "The opposite of hot is",
+    ];
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| prompt(t)).collect();
+    let solo: Vec<Vec<u32>> = prompts.iter().map(|p| single_device(p, N_PREDICT)).collect();
+    for (nodes, windows) in [(1, None), (2, Some(vec![15, 15]))] {
+        let mut opts = LocalCluster::new(model_path(), nodes);
+        opts.layer_window = windows.clone();
+        opts.n_parallel = 8;
+        opts.n_ctx = 8 * 256;
+        let cluster = Cluster::local(opts).await.unwrap();
+        let head = Arc::new(cluster.head);
+        let runs: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let (head, p) = (head.clone(), p.clone());
+                tokio::spawn(async move { head.generate_all(request(&p, N_PREDICT)).await })
+            })
+            .collect();
+        let mut busy_seen = 0;
+        for (i, r) in runs.into_iter().enumerate() {
+            busy_seen = busy_seen.max(head.slots_busy());
+            let (tokens, stats) = r.await.unwrap().unwrap();
+            assert_eq!(tokens, solo[i], "{nodes} node(s): {:?}", texts[i]);
+            // Decoded tokens went round the whole ring.
+            assert!(stats.hops.iter().all(|h| h.iter().map(|x| x.n_layers).sum::<u32>() == 30));
+        }
+        assert_eq!(head.slots_busy(), 0, "every slot is free again");
+        let head = Arc::try_unwrap(head).unwrap_or_else(|_| panic!("head still shared"));
+        let cluster = Cluster { head, nodes: cluster.nodes };
+        cluster.shutdown().await.unwrap();
+        eprintln!("{nodes} node(s): 8 concurrent requests match their solo runs (busy seen {busy_seen})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_sequence_frees_its_slot_and_the_others_finish() {
+    let p = prompt("Once upon a time");
+    let q = prompt("The capital of France is");
+    let mut opts = LocalCluster::new(model_path(), 1);
+    opts.n_parallel = 2;
+    opts.n_ctx = 2048;
+    let cluster = Cluster::local(opts).await.unwrap();
+    let (id, mut rx) = cluster.head.submit(request(&p, 200)).unwrap();
+    let (_, mut other) = cluster.head.submit(request(&q, N_PREDICT)).unwrap();
+    // Two tokens of each, then cancel the long one while the other runs.
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        assert!(matches!(rx.recv().await, Some(prima::Event::Token(_))));
+        match other.recv().await {
+            Some(prima::Event::Token(t)) => tokens.push(t),
+            ev => panic!("{ev:?}"),
+        }
+    }
+    assert_eq!(cluster.head.slots_busy(), 2, "both run at once");
+    cluster.head.cancel(id);
+    loop {
+        match other.recv().await {
+            Some(prima::Event::Token(t)) => tokens.push(t),
+            Some(prima::Event::Done(_)) => break,
+            ev => panic!("{ev:?}"),
+        }
+    }
+    assert_eq!(tokens, single_device(&q, N_PREDICT));
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap() {
+            Some(prima::Event::Token(_)) => continue,
+            Some(prima::Event::Error(e)) => {
+                assert!(e.contains("cancelled"), "{e}");
+                break;
+            }
+            other => panic!("expected the cancellation, got {other:?}"),
+        }
+    }
+    assert_eq!(cluster.head.slots_busy(), 0);
+    // The freed slot takes the next request.
+    let (again, _) = cluster.head.generate_all(request(&p, 4)).await.unwrap();
+    assert_eq!(again, single_device(&p, 4));
+    cluster.shutdown().await.unwrap();
+}

@@ -4,7 +4,7 @@
 //! server-sent events ending with `data: [DONE]`), `GET /v1/models`, `GET /health`,
 //! `GET /metrics` (Prometheus text), `POST /v1/cancel` (`{"task_id": N}`; the id comes back
 //! in the `X-Task-Id` header and in each response body). Errors use OpenAI's JSON shape.
-//! Requests queue in the Batcher and run one at a time (continuous batching is not built yet).
+//! Requests queue in the Batcher, which decodes up to `n_parallel` of them together.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -171,6 +171,12 @@ async fn metrics(State(st): State<Shared>) -> Response {
     out.push_str(&format!(
         "# HELP prima_requests_in_flight Requests running or queued.\n# TYPE prima_requests_in_flight gauge\nprima_requests_in_flight {}\n",
         st.in_flight.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "# HELP prima_kv_slots_busy Sequences decoding now (KV slots in use).\n# TYPE prima_kv_slots_busy gauge\nprima_kv_slots_busy {}\n\
+         # HELP prima_kv_slots Sequences the ring decodes together.\n# TYPE prima_kv_slots gauge\nprima_kv_slots {}\n",
+        st.node.slots_busy(),
+        st.node.n_slots()
     ));
     out.push_str("# HELP prima_hop_compute_ms Mean compute time per decode step of each ring hop (last request).\n# TYPE prima_hop_compute_ms gauge\n");
     if let Ok(h) = m.hops.lock() {

@@ -1,11 +1,17 @@
-//! Batcher (head): takes generation requests, one at a time, splits prompts into prefill
-//! chunks, samples each token from the logits that come back round the ring and streams it.
+//! Batcher (head): continuous batching. Up to `n_slots` sequences run at once, each in its own
+//! KV slot on every node; a ring step carries one row per decoding sequence (the weights are
+//! read once for all of them) and at most one prefill chunk, so a long prompt does not stall
+//! the others. New requests take a free slot between steps; finished and cancelled ones free
+//! theirs at once.
 //!
-//! The KV caches of the ring hold one sequence, indexed by position; a new request reuses the
-//! longest prefix it shares with what the caches already hold (a chat turn re-sends the whole
-//! conversation and only its new tokens are computed).
+//! Every row gets the bits it would get alone: prompts are cut into the same chunks as
+//! `Session`'s, the matrix kernels give each row the bits of the one-row kernel, and attention
+//! runs per sequence over its own cache. A slot's cache is indexed by position, so a freed slot
+//! needs no clearing: the next sequence overwrites it, and reuses the longest prefix it shares
+//! with what the slot holds (a chat turn re-sends the whole conversation).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +22,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use runtime::Hop;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::compute::ComputeMsg;
+use crate::compute::{ComputeMsg, Step};
+
+/// Prefill-only steps in the ring at once: a long prompt's chunks are pipelined over the nodes.
+const MAX_IN_FLIGHT: usize = 4;
 
 /// A generation request.
 #[derive(Clone, Debug)]
@@ -58,13 +67,14 @@ pub enum BatcherMsg {
     Generate(u64, GenerateRequest, UnboundedSender<Event>),
     /// Stop a queued or running request; its stream ends with `Error("cancelled")`.
     Cancel(u64),
-    /// A step came back round the ring.
-    Back { request: u64, step: u32, logits: Option<Vec<f32>>, trace: Option<Vec<Hop>> },
-    /// The ring is broken: fail the request in flight and every later one with this message.
+    /// A step came back round the ring with the logits of the rows it asked for.
+    Back { request: u64, step: u32, logits: Vec<Vec<f32>>, trace: Option<Vec<Hop>> },
+    /// The ring is broken: fail every request with this message.
     Fail(String),
 }
 
-struct Active {
+/// A running sequence.
+struct Seq {
     id: u64,
     tx: UnboundedSender<Event>,
     req: GenerateRequest,
@@ -72,17 +82,37 @@ struct Active {
     stats: GenerationStats,
     t0: Instant,
     t_gen: Option<Instant>,
-    step: u32,
+    /// Admission order (prefill goes first come, first served).
+    order: u64,
+    /// Prompt tokens from here on are not sent yet.
+    prompt_sent: usize,
+    /// Positions written (or on their way) in the slot.
+    n_past: usize,
+    /// The sampled token to feed next.
+    next: Option<u32>,
+    /// A step that brings this sequence's logits is in the ring.
+    waiting: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    seq: Option<Seq>,
+    /// Tokens whose KV this slot holds (or will, once the steps in flight pass), from 0.
+    fed: Vec<u32>,
 }
 
 pub struct BatcherState {
     compute: ActorRef<ComputeMsg>,
     tok: Arc<Tokenizer>,
+    /// Positions per slot.
     n_ctx: usize,
+    slots: Vec<Slot>,
     queue: VecDeque<(u64, GenerateRequest, UnboundedSender<Event>)>,
-    active: Option<Active>,
-    /// Tokens whose KV is in the caches, from position 0.
-    fed: Vec<u32>,
+    /// Steps in the ring: for each, the (slot, sequence) of every logit row, in order.
+    in_flight: BTreeMap<u32, Vec<(usize, u64)>>,
+    next_step: u32,
+    admitted: u64,
+    busy: Arc<AtomicUsize>,
     failed: Option<String>,
 }
 
@@ -91,112 +121,224 @@ pub struct Batcher;
 pub struct BatcherArgs {
     pub compute: ActorRef<ComputeMsg>,
     pub tokenizer: Arc<Tokenizer>,
+    /// Positions per slot.
     pub n_ctx: usize,
+    /// Sequences decoded together.
+    pub n_slots: usize,
+    /// Slots in use, for metrics.
+    pub busy: Arc<AtomicUsize>,
 }
 
 impl BatcherState {
-    fn start_next(&mut self) -> Result<(), String> {
-        while self.active.is_none() {
-            let Some((id, req, tx)) = self.queue.pop_front() else { return Ok(()) };
+    /// Why a request cannot run, if it cannot.
+    fn refuse(&self, req: &GenerateRequest) -> Option<String> {
+        if req.prompt.is_empty() {
+            return Some("empty prompt".into());
+        }
+        if req.prompt.len() >= self.n_ctx {
+            return Some(format!("the prompt has {} tokens; the context holds {}", req.prompt.len(), self.n_ctx));
+        }
+        let bad = req.prompt.iter().find(|&&t| t as usize >= self.tok.n_vocab())?;
+        Some(format!("token id {bad} is outside the vocabulary"))
+    }
+
+    /// Moves queued requests into free slots.
+    fn admit(&mut self) {
+        while let Some(free) = self.slots.iter().position(|s| s.seq.is_none()) {
+            let Some((id, req, tx)) = self.queue.pop_front() else { break };
             if let Some(f) = &self.failed {
                 let _ = tx.send(Event::Error(f.clone()));
                 continue;
             }
-            if req.prompt.is_empty() {
-                let _ = tx.send(Event::Error("empty prompt".into()));
+            if let Some(why) = self.refuse(&req) {
+                let _ = tx.send(Event::Error(why));
                 continue;
             }
-            if req.prompt.len() >= self.n_ctx {
-                let _ = tx.send(Event::Error(format!(
-                    "the prompt has {} tokens; the context holds {}",
-                    req.prompt.len(),
-                    self.n_ctx
-                )));
-                continue;
-            }
-            if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.tok.n_vocab()) {
-                let _ = tx.send(Event::Error(format!("token id {bad} is outside the vocabulary")));
-                continue;
-            }
-            let keep = self.fed.iter().zip(&req.prompt).take_while(|(a, b)| a == b).count().min(req.prompt.len() - 1);
-            self.fed.truncate(keep);
+            // The free slot sharing the longest prefix with the prompt (at least one token is
+            // always computed: its logits start the generation).
+            let common = |s: &Slot| s.fed.iter().zip(&req.prompt).take_while(|(a, b)| a == b).count();
+            let slot = (free..self.slots.len())
+                .filter(|&i| self.slots[i].seq.is_none())
+                .max_by_key(|&i| (common(&self.slots[i]), usize::MAX - i))
+                .unwrap_or(free);
+            let keep = common(&self.slots[slot]).min(req.prompt.len() - 1);
+            self.slots[slot].fed.truncate(keep);
             let mut sampler = Sampler::new(req.sampling.clone());
             for &t in &req.prompt {
                 sampler.accept(t);
             }
-            let new = &req.prompt[keep..];
-            let n_chunks = new.len().div_ceil(PREFILL_CHUNK);
-            for (k, chunk) in new.chunks(PREFILL_CHUNK).enumerate() {
-                self.compute
-                    .cast(ComputeMsg::Start {
-                        request: id,
-                        step: k as u32,
-                        tokens: chunk.to_vec(),
-                        first_pos: (keep + k * PREFILL_CHUNK) as u32,
-                        want_logits: k + 1 == n_chunks,
-                        trace: false,
-                    })
-                    .map_err(|e| format!("compute is gone: {e}"))?;
-            }
-            self.fed.extend_from_slice(new);
             let stats = GenerationStats { n_prompt: req.prompt.len(), n_reused: keep, ..Default::default() };
-            self.active =
-                Some(Active { id, tx, req, sampler, stats, t0: Instant::now(), t_gen: None, step: n_chunks as u32 });
+            self.admitted += 1;
+            self.slots[slot].seq = Some(Seq {
+                id,
+                tx,
+                req,
+                sampler,
+                stats,
+                t0: Instant::now(),
+                t_gen: None,
+                order: self.admitted,
+                prompt_sent: keep,
+                n_past: keep,
+                next: None,
+                waiting: false,
+            });
+        }
+        self.count_busy();
+    }
+
+    fn count_busy(&self) {
+        self.busy.store(self.slots.iter().filter(|s| s.seq.is_some()).count(), Ordering::Relaxed);
+    }
+
+    /// Sends steps while there is work and room in the ring.
+    fn pump(&mut self) -> Result<(), String> {
+        // Prefill-only steps are pipelined round the ring; once a sequence decodes, one step at a
+        // time carries its row with the others' (and at most one prefill chunk), so a long
+        // prompt never holds decoding back by more than a chunk.
+        let decoding_phase =
+            self.slots.iter().any(|s| s.seq.as_ref().is_some_and(|q| q.prompt_sent == q.req.prompt.len()));
+        let limit = if decoding_phase { 1 } else { MAX_IN_FLIGHT };
+        while self.in_flight.len() < limit {
+            let decoding: Vec<usize> = (0..self.slots.len())
+                .filter(|&i| self.slots[i].seq.as_ref().is_some_and(|s| s.next.is_some() && !s.waiting))
+                .collect();
+            // Decoders ready while a step is out wait for it, so they travel together.
+            if !decoding.is_empty() && !self.in_flight.is_empty() {
+                break;
+            }
+            let prefill = (0..self.slots.len())
+                .filter(|&i| self.slots[i].seq.as_ref().is_some_and(|s| s.prompt_sent < s.req.prompt.len()))
+                .min_by_key(|&i| self.slots[i].seq.as_ref().map_or(u64::MAX, |s| s.order));
+            if decoding.is_empty() && prefill.is_none() {
+                break;
+            }
+            let mut step = Step { request: 0, step: self.next_step, ..Default::default() };
+            let mut owners = Vec::new();
+            for &i in &decoding {
+                let slot = &mut self.slots[i];
+                let Some(seq) = slot.seq.as_mut() else { continue };
+                let Some(tok) = seq.next.take() else { continue };
+                step.request = seq.id;
+                step.logit_rows.push(step.tokens.len() as u32);
+                step.tokens.push(tok);
+                step.positions.push(seq.n_past as u32);
+                step.slots.push(i as u32);
+                step.trace |= seq.req.trace;
+                seq.n_past += 1;
+                seq.waiting = true;
+                slot.fed.push(tok);
+                owners.push((i, seq.id));
+            }
+            if let Some(i) = prefill {
+                let slot = &mut self.slots[i];
+                if let Some(seq) = slot.seq.as_mut() {
+                    // The same chunks as `Session` (from where the reused prefix ends).
+                    let end = (seq.prompt_sent + PREFILL_CHUNK).min(seq.req.prompt.len());
+                    let chunk = &seq.req.prompt[seq.prompt_sent..end];
+                    step.request = seq.id;
+                    for (k, &t) in chunk.iter().enumerate() {
+                        step.tokens.push(t);
+                        step.positions.push((seq.n_past + k) as u32);
+                        step.slots.push(i as u32);
+                    }
+                    slot.fed.extend_from_slice(chunk);
+                    seq.n_past += chunk.len();
+                    seq.prompt_sent = end;
+                    if end == seq.req.prompt.len() {
+                        step.logit_rows.push(step.tokens.len() as u32 - 1);
+                        seq.waiting = true;
+                        owners.push((i, seq.id));
+                    }
+                }
+            }
+            self.in_flight.insert(self.next_step, owners);
+            self.next_step = self.next_step.wrapping_add(1);
+            self.compute.cast(ComputeMsg::Start(step)).map_err(|e| format!("compute is gone: {e}"))?;
         }
         Ok(())
     }
 
-    fn finish(&mut self, stop: &'static str) -> Result<(), String> {
-        if let Some(mut a) = self.active.take() {
-            a.stats.stop = stop;
-            a.stats.gen_ms = a.t_gen.map(|t| t.elapsed().as_secs_f64() * 1e3).unwrap_or(0.0);
-            let _ = a.tx.send(Event::Done(a.stats));
+    fn finish(&mut self, slot: usize, stop: &'static str) {
+        if let Some(mut seq) = self.slots[slot].seq.take() {
+            seq.stats.stop = stop;
+            seq.stats.gen_ms = seq.t_gen.map(|t| t.elapsed().as_secs_f64() * 1e3).unwrap_or(0.0);
+            let _ = seq.tx.send(Event::Done(seq.stats));
         }
-        self.start_next()
     }
 
-    fn back(&mut self, request: u64, logits: Option<Vec<f32>>, trace: Option<Vec<Hop>>) -> Result<(), String> {
-        let Some(a) = self.active.as_mut().filter(|a| a.id == request) else {
-            return Ok(()); // a step of a cancelled request
-        };
-        let Some(mut logits) = logits else { return Ok(()) };
-        if a.t_gen.is_none() {
-            a.stats.prompt_ms = a.t0.elapsed().as_secs_f64() * 1e3;
-            a.t_gen = Some(Instant::now());
+    fn back(&mut self, step: u32, logits: Vec<Vec<f32>>, trace: Option<Vec<Hop>>) -> Result<(), String> {
+        let Some(owners) = self.in_flight.remove(&step) else { return Ok(()) };
+        if logits.len() != owners.len() {
+            return Err(format!("step {step} came back with {} logit rows for {}", logits.len(), owners.len()));
         }
-        if let Some(t) = trace {
-            a.stats.hops.push(t);
+        for ((slot, id), mut logits) in owners.into_iter().zip(logits) {
+            let n_ctx = self.n_ctx;
+            let eog = {
+                // A sequence cancelled while its step was out: its slot moved on.
+                let Some(seq) = self.slots[slot].seq.as_mut().filter(|s| s.id == id) else { continue };
+                seq.waiting = false;
+                if seq.t_gen.is_none() {
+                    seq.stats.prompt_ms = seq.t0.elapsed().as_secs_f64() * 1e3;
+                    seq.t_gen = Some(Instant::now());
+                } else if let (Some(t), true) = (&trace, seq.req.trace) {
+                    seq.stats.hops.push(t.clone());
+                }
+                let tok = seq.sampler.sample(&mut logits);
+                if self.tok.is_eog(tok) {
+                    true
+                } else {
+                    seq.sampler.accept(tok);
+                    seq.stats.n_gen += 1;
+                    let gone = seq.tx.send(Event::Token(tok)).is_err();
+                    let stop = if gone {
+                        Some("cancelled")
+                    } else if seq.stats.n_gen >= seq.req.n_predict {
+                        Some("length")
+                    } else if seq.n_past >= n_ctx {
+                        Some("context")
+                    } else {
+                        seq.next = Some(tok);
+                        None
+                    };
+                    if let Some(stop) = stop {
+                        self.finish(slot, stop);
+                    }
+                    false
+                }
+            };
+            if eog {
+                self.finish(slot, "eog");
+            }
         }
-        let id = a.sampler.sample(&mut logits);
-        if self.tok.is_eog(id) {
-            return self.finish("eog");
-        }
-        a.sampler.accept(id);
-        a.stats.n_gen += 1;
-        if a.tx.send(Event::Token(id)).is_err() {
-            return self.finish("cancelled");
-        }
-        if a.stats.n_gen >= a.req.n_predict {
-            return self.finish("length");
-        }
-        if self.fed.len() >= self.n_ctx {
-            return self.finish("context");
-        }
-        let step = a.step;
-        a.step += 1;
-        let trace = a.req.trace;
-        self.compute
-            .cast(ComputeMsg::Start {
-                request,
-                step,
-                tokens: vec![id],
-                first_pos: self.fed.len() as u32,
-                want_logits: true,
-                trace,
-            })
-            .map_err(|e| format!("compute is gone: {e}"))?;
-        self.fed.push(id);
         Ok(())
+    }
+
+    fn cancel(&mut self, id: u64) {
+        if let Some(i) = self.queue.iter().position(|(q, _, _)| *q == id) {
+            if let Some((_, _, tx)) = self.queue.remove(i) {
+                let _ = tx.send(Event::Error("cancelled".into()));
+            }
+        } else if let Some(slot) = self.slots.iter_mut().find(|s| s.seq.as_ref().is_some_and(|s| s.id == id)) {
+            // Its steps still in the ring are ignored when they come back; the KV positions
+            // they write are what `fed` says, so the next sequence can reuse them.
+            if let Some(seq) = slot.seq.take() {
+                let _ = seq.tx.send(Event::Error("cancelled".into()));
+            }
+        }
+    }
+
+    fn fail(&mut self, msg: String) {
+        for slot in &mut self.slots {
+            if let Some(seq) = slot.seq.take() {
+                let _ = seq.tx.send(Event::Error(msg.clone()));
+            }
+        }
+        for (_, _, tx) in self.queue.drain(..) {
+            let _ = tx.send(Event::Error(msg.clone()));
+        }
+        self.in_flight.clear();
+        self.failed = Some(msg);
     }
 }
 
@@ -210,9 +352,12 @@ impl Actor for Batcher {
             compute: a.compute,
             tok: a.tokenizer,
             n_ctx: a.n_ctx,
+            slots: (0..a.n_slots.max(1)).map(|_| Slot::default()).collect(),
             queue: VecDeque::new(),
-            active: None,
-            fed: Vec::new(),
+            in_flight: BTreeMap::new(),
+            next_step: 0,
+            admitted: 0,
+            busy: a.busy,
             failed: None,
         })
     }
@@ -224,35 +369,18 @@ impl Actor for Batcher {
         st: &mut BatcherState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            BatcherMsg::Generate(id, req, tx) => {
-                st.queue.push_back((id, req, tx));
-                st.start_next()?;
-            }
-            BatcherMsg::Cancel(id) => {
-                if let Some(i) = st.queue.iter().position(|(q, _, _)| *q == id) {
-                    if let Some((_, _, tx)) = st.queue.remove(i) {
-                        let _ = tx.send(Event::Error("cancelled".into()));
-                    }
-                } else if st.active.as_ref().is_some_and(|a| a.id == id) {
-                    if let Some(a) = st.active.take() {
-                        let _ = a.tx.send(Event::Error("cancelled".into()));
-                    }
-                    // Steps of the cancelled request still in the ring are ignored when they
-                    // come back; the KV positions they wrote are overwritten by the next one.
-                    st.start_next()?;
-                }
-            }
-            BatcherMsg::Back { request, step: _, logits, trace } => st.back(request, logits, trace)?,
+            BatcherMsg::Generate(id, req, tx) => st.queue.push_back((id, req, tx)),
+            BatcherMsg::Cancel(id) => st.cancel(id),
+            BatcherMsg::Back { request: _, step, logits, trace } => st.back(step, logits, trace)?,
             BatcherMsg::Fail(msg) => {
-                if let Some(a) = st.active.take() {
-                    let _ = a.tx.send(Event::Error(msg.clone()));
-                }
-                for (_, _, tx) in st.queue.drain(..) {
-                    let _ = tx.send(Event::Error(msg.clone()));
-                }
-                st.failed = Some(msg);
+                st.fail(msg);
+                st.count_busy();
+                return Ok(());
             }
         }
+        st.admit();
+        st.pump()?;
+        st.count_busy();
         Ok(())
     }
 }

@@ -23,7 +23,9 @@ pub struct LocalCluster {
     pub node_threads: Vec<usize>,
     /// Memory budget of each rank in MiB (empty: none).
     pub memory_budgets_mb: Vec<u64>,
+    /// Context shared by the `n_parallel` sequences decoded together.
     pub n_ctx: usize,
+    pub n_parallel: usize,
     pub wire_dtype: WireDtype,
 }
 
@@ -37,6 +39,7 @@ impl LocalCluster {
             node_threads: Vec::new(),
             memory_budgets_mb: Vec::new(),
             n_ctx: 4096,
+            n_parallel: 1,
             wire_dtype: WireDtype::F32,
         }
     }
@@ -65,6 +68,7 @@ impl Cluster {
             c.threads = Some(opts.node_threads.get(rank as usize).copied().unwrap_or(opts.threads));
             c.memory_budget_mb = opts.memory_budgets_mb.get(rank as usize).copied();
             c.n_ctx = opts.n_ctx;
+            c.n_parallel = opts.n_parallel;
             c.wire_dtype = opts.wire_dtype;
             c.join_timeout_s = 60;
             if rank == 0 {

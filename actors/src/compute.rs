@@ -21,16 +21,32 @@ pub enum ComputeMsg {
     Connect { ring: Option<ActorRef<RingMsg>>, batcher: Option<ActorRef<BatcherMsg>> },
     /// The prefetcher was restarted: its new address.
     Prefetcher(ActorRef<PrefetchMsg>),
-    /// Head: embed `tokens` at positions `first_pos..` and send them round the ring.
-    Start { request: u64, step: u32, tokens: Vec<u32>, first_pos: u32, want_logits: bool, trace: bool },
+    /// Head: embed `tokens` (row `t` at `positions[t]` of the sequence in KV slot `slots[t]`)
+    /// and send them round the ring; the logits of `logit_rows` come back.
+    Start(Step),
     /// A frame read from the ring link.
     Frame { acts: Activations, received: Instant },
+}
+
+/// One ring step of the head: rows of one or more sequences.
+#[derive(Clone, Debug, Default)]
+pub struct Step {
+    pub request: u64,
+    pub step: u32,
+    pub tokens: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub slots: Vec<u32>,
+    pub logit_rows: Vec<u32>,
+    pub trace: bool,
 }
 
 pub struct ComputeArgs {
     pub shard: Arc<Shard>,
     pub rank: u32,
+    /// Positions per KV slot.
     pub n_ctx: usize,
+    /// KV slots (sequences decoded together).
+    pub n_slots: usize,
     pub threads: usize,
     pub wire_f16: bool,
     pub prefetcher: ActorRef<PrefetchMsg>,
@@ -41,10 +57,12 @@ pub struct ComputeState {
     rank: u32,
     n_ctx: usize,
     wire_f16: bool,
-    kv: Vec<KvCache>,
+    /// One cache per KV slot, per window.
+    kv: Vec<Vec<KvCache>>,
     scratch: Scratch,
     hidden: Vec<f32>,
     positions: Vec<usize>,
+    slots: Vec<usize>,
     pool: rayon::ThreadPool,
     prefetcher: ActorRef<PrefetchMsg>,
     ring: Option<ActorRef<RingMsg>>,
@@ -55,8 +73,8 @@ pub struct ComputeState {
 pub enum Outcome {
     /// On to the next node.
     Forward(Activations),
-    /// Back at the head after the last layer (logits when they were asked for).
-    Back { request: u64, step: u32, logits: Option<Vec<f32>>, trace: Option<Vec<Hop>> },
+    /// Back at the head after the last layer, with the logits of the rows asked for.
+    Back { request: u64, step: u32, logits: Vec<Vec<f32>>, trace: Option<Vec<Hop>> },
 }
 
 impl ComputeState {
@@ -74,7 +92,7 @@ impl ComputeState {
         request: u64,
         step: u32,
         first: usize,
-        want_logits: bool,
+        logit_rows: Vec<u32>,
         mut trace: Option<Vec<Hop>>,
         received: Instant,
     ) -> Result<Outcome, String> {
@@ -92,12 +110,13 @@ impl ComputeState {
             let held: Vec<_> = shard.windows.iter().map(|w| w.layers.clone()).collect();
             return Err(format!("a frame for layer {layer} reached node {}, which holds {held:?}", self.rank));
         }
-        let head_logits = layer == n_layer && want_logits && shard.ends.is_some();
+        let head_logits = layer == n_layer && !logit_rows.is_empty() && shard.ends.is_some();
         // One thread team for the whole hop: the windows and, on the head, the output head.
         // Nothing to run: the head passing fresh embeddings on, or a relay past the last layer.
         let anchor = plan.first().map(|&i| &shard.windows[i].model).or(shard.ends.as_ref().filter(|_| head_logits));
         let (hidden, positions, kvs, prefetcher) = (&mut self.hidden, &self.positions, &mut self.kv, &self.prefetcher);
-        let mut logits = None;
+        let slots = Some(self.slots.as_slice());
+        let mut logits = Vec::new();
         let mut compute_us = 0u64;
         let mut logits_us = 0u64;
         if let Some(anchor) = anchor {
@@ -109,7 +128,7 @@ impl ComputeState {
                         let w = &shard.windows[i];
                         let t = Instant::now();
                         w.model
-                            .forward_layers_on(team, w.layers.clone(), hidden, positions, &mut kvs[i], s)
+                            .forward_batch_on(team, w.layers.clone(), hidden, positions, slots, &mut kvs[i], s)
                             .map_err(|e| format!("layers {:?}: {e}", w.layers))?;
                         compute_us += t.elapsed().as_micros() as u64;
                         let _ = prefetcher.cast(PrefetchMsg::Ran { window: i, next });
@@ -117,10 +136,15 @@ impl ComputeState {
                     if let (true, Some(ends)) = (head_logits, shard.ends.as_ref()) {
                         let t = Instant::now();
                         let e = shard.n_embd;
+                        let mut rows = Vec::with_capacity(logit_rows.len() * e);
+                        for &r in &logit_rows {
+                            rows.extend_from_slice(&hidden[r as usize * e..(r as usize + 1) * e]);
+                        }
                         let mut out = Vec::new();
-                        ends.logits_on(team, &hidden[hidden.len() - e..], &mut out, s).map_err(|e| e.to_string())?;
+                        ends.logits_rows_on(team, &rows, &mut out, s).map_err(|e| e.to_string())?;
+                        let n_vocab = out.len() / logit_rows.len();
+                        logits = out.chunks_exact(n_vocab).map(<[f32]>::to_vec).collect();
                         logits_us = t.elapsed().as_micros() as u64;
-                        logits = Some(out);
                     }
                     Ok(())
                 })
@@ -150,9 +174,10 @@ impl ComputeState {
             step,
             layer: layer as u32,
             positions: self.positions.iter().map(|&p| p as u32).collect(),
+            slots: self.slots.iter().map(|&p| p as u32).collect(),
             f16: self.wire_f16,
             hidden: pack_hidden(&self.hidden, self.wire_f16),
-            want_logits,
+            logit_rows,
             trace,
         }))
     }
@@ -180,13 +205,29 @@ impl ComputeState {
         if let Some(&p) = a.positions.iter().find(|&&p| p as usize >= self.n_ctx) {
             return Err(format!("position {p} is outside the context of {}", self.n_ctx));
         }
+        if a.slots.len() != rows {
+            return Err(format!("{} slots for {rows} rows", a.slots.len()));
+        }
+        if let Some(&s) = a.slots.iter().find(|&&s| s as usize >= self.n_slots()) {
+            return Err(format!("KV slot {s} of {}", self.n_slots()));
+        }
+        if let Some(&r) = a.logit_rows.iter().find(|&&r| r as usize >= rows) {
+            return Err(format!("logits asked for row {r} of {rows}"));
+        }
         if a.hidden.len() != rows * e * if a.f16 { 2 } else { 4 } {
             return Err(format!("{} bytes of hidden state for {rows} rows of width {e}", a.hidden.len()));
         }
         unpack_hidden(&a.hidden, a.f16, &mut self.hidden).ok_or("hidden state of the wrong size")?;
         self.positions.clear();
         self.positions.extend(a.positions.iter().map(|&p| p as usize));
+        self.slots.clear();
+        self.slots.extend(a.slots.iter().map(|&p| p as usize));
         Ok(())
+    }
+
+    /// KV slots this node keeps per window.
+    fn n_slots(&self) -> usize {
+        self.kv.first().map_or(usize::MAX, Vec::len)
     }
 
     fn deliver(&self, out: Outcome) -> Result<(), String> {
@@ -215,12 +256,19 @@ impl Actor for Compute {
             .num_threads(a.threads.max(1))
             .thread_name(move |i| format!("prima-compute-{i}"))
             .build()?;
-        let kv = a.shard.windows.iter().map(|w| w.model.new_kv_cache(a.n_ctx)).collect::<Vec<_>>();
-        let kv_bytes: usize = kv.iter().map(KvCache::bytes).sum();
+        let n_slots = a.n_slots.max(1);
+        let kv = a
+            .shard
+            .windows
+            .iter()
+            .map(|w| (0..n_slots).map(|_| w.model.new_kv_cache(a.n_ctx)).collect::<Vec<_>>())
+            .collect::<Vec<_>>();
+        let kv_bytes: usize = kv.iter().flatten().map(KvCache::bytes).sum();
         tracing::info!(
-            "compute: {} threads, KV cache {:.1} MiB for {} positions",
+            "compute: {} threads, KV cache {:.1} MiB for {} sequence(s) of {} positions",
             a.threads,
             kv_bytes as f64 / 1048576.0,
+            n_slots,
             a.n_ctx
         );
         if !a.shard.windows.is_empty() {
@@ -235,6 +283,7 @@ impl Actor for Compute {
             scratch: Scratch::default(),
             hidden: Vec::new(),
             positions: Vec::new(),
+            slots: Vec::new(),
             pool,
             prefetcher: a.prefetcher,
             ring: None,
@@ -258,18 +307,24 @@ impl Actor for Compute {
                 st.prefetcher = p;
                 return Ok(());
             }
-            ComputeMsg::Start { request, step, tokens, first_pos, want_logits, trace } => {
+            ComputeMsg::Start(s) => {
                 let received = Instant::now();
                 tokio::task::block_in_place(|| {
-                    st.embed(&tokens)?;
+                    if s.positions.len() != s.tokens.len() || s.slots.len() != s.tokens.len() {
+                        return Err("a step with mismatched rows".to_string());
+                    }
+                    st.embed(&s.tokens)?;
                     st.positions.clear();
-                    st.positions.extend((0..tokens.len()).map(|i| first_pos as usize + i));
-                    st.run(request, step, 0, want_logits, trace.then(Vec::new), received)
+                    st.positions.extend(s.positions.iter().map(|&p| p as usize));
+                    st.slots.clear();
+                    st.slots.extend(s.slots.iter().map(|&p| p as usize));
+                    st.run(s.request, s.step, 0, s.logit_rows, s.trace.then(Vec::new), received)
                 })
             }
             ComputeMsg::Frame { acts, received } => tokio::task::block_in_place(|| {
                 st.accept(&acts)?;
-                st.run(acts.request, acts.step, acts.layer as usize, acts.want_logits, acts.trace, received)
+                let Activations { request, step, layer, logit_rows, trace, .. } = acts;
+                st.run(request, step, layer as usize, logit_rows, trace, received)
             }),
         };
         let out = out?;

@@ -38,6 +38,9 @@ pub struct Node {
     outcome: watch::Receiver<Outcome>,
     next_task: std::sync::atomic::AtomicU64,
     n_ctx: usize,
+    /// Sequences decoded together, and how many are running (head).
+    n_slots: usize,
+    busy: Arc<std::sync::atomic::AtomicUsize>,
     plan: Option<Plan>,
     windows: Vec<Range<usize>>,
     /// Token latency the scheduler predicted for the plan, seconds (head, automatic plans).
@@ -206,9 +209,19 @@ impl Node {
         }
     }
 
-    /// The context length of the ring's KV caches.
+    /// Positions each sequence may use (the ring's `n_ctx` split over its `n_parallel` sequences).
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
+    }
+
+    /// Sequences this ring decodes together (`n_parallel`).
+    pub fn n_slots(&self) -> usize {
+        self.n_slots
+    }
+
+    /// Sequences running now (KV slots in use), on the head.
+    pub fn slots_busy(&self) -> usize {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until the node ends: `Ok` after a clean shutdown.
@@ -383,6 +396,7 @@ async fn spawn_head(cfg: NodeConfig, key: Option<ClusterKey>, control: Option<Tc
                 next_addr: addr_of(np.next).to_string(),
                 wire_f16: cfg.wire_dtype == runtime::WireDtype::F16,
                 n_ctx: cfg.n_ctx as u32,
+                n_slots: cfg.n_parallel as u32,
                 ring: plan.ring.clone(),
             },
             None => Control::Plan {
@@ -392,6 +406,7 @@ async fn spawn_head(cfg: NodeConfig, key: Option<ClusterKey>, control: Option<Tc
                 next_addr: String::new(),
                 wire_f16: false,
                 n_ctx: 0,
+                n_slots: 0,
                 ring: plan.ring.clone(),
             },
         };
@@ -500,9 +515,9 @@ async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> 
             break msg;
         }
     };
-    let (windows, prev, next, next_addr, wire_f16, n_ctx) = match plan {
-        Control::Plan { windows, prev, next, next_addr, wire_f16, n_ctx, .. } => {
-            (windows, prev, next, next_addr, wire_f16, n_ctx)
+    let (windows, prev, next, next_addr, wire_f16, n_ctx, n_slots) = match plan {
+        Control::Plan { windows, prev, next, next_addr, wire_f16, n_ctx, n_slots, .. } => {
+            (windows, prev, next, next_addr, wire_f16, n_ctx, n_slots)
         }
         Control::Refused { reason } => return Err(NodeError::Refused(reason)),
         other => return Err(NodeError::Protocol(format!("expected a plan from the head, got {other:?}"))),
@@ -521,14 +536,17 @@ async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> 
             outcome,
             next_task: 1.into(),
             n_ctx: 0,
+            n_slots: 0,
+            busy: Default::default(),
             plan: None,
             windows,
             predicted_s: None,
         });
     }
-    if windows.iter().any(|w| w.start >= w.end || w.end > file_layers(&file)) || n_ctx == 0 {
+    let slot_ctx = n_ctx.checked_div(n_slots).unwrap_or(0);
+    if windows.iter().any(|w| w.start >= w.end || w.end > file_layers(&file)) || slot_ctx == 0 || n_slots > 256 {
         return Err(NodeError::Protocol(format!(
-            "the head sent an impossible plan: windows {windows:?}, n_ctx {n_ctx}"
+            "the head sent an impossible plan: windows {windows:?}, n_ctx {n_ctx}, {n_slots} sequences"
         )));
     }
     let shard = match Shard::load(file, &windows, false) {
@@ -544,6 +562,7 @@ async fn spawn_member(cfg: NodeConfig, key: Option<ClusterKey>) -> Result<Node> 
     let control = vec![ControlPeer { rank: 0, addr: cfg.head.clone(), reader, writer }];
     let mut cfg = cfg;
     cfg.n_ctx = n_ctx as usize;
+    cfg.n_parallel = n_slots as usize;
     cfg.wire_dtype = if wire_f16 { runtime::WireDtype::F16 } else { runtime::WireDtype::F32 };
     let rank = cfg.rank;
     start(cfg, rank, shard, Some((prev, next, r, w)), control, None, None, windows).await
@@ -570,10 +589,13 @@ async fn start(
 ) -> Result<Node> {
     let (outcome_tx, outcome) = watch::channel(None);
     let (btx, brx) = oneshot::channel();
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let args = SupervisorArgs {
         rank,
         shard: shard.clone(),
-        n_ctx: cfg.n_ctx,
+        n_ctx: cfg.slot_ctx(),
+        n_slots: cfg.n_parallel.max(1),
+        busy: busy.clone(),
         threads: cfg.threads.unwrap_or_else(default_threads),
         wire_f16: cfg.wire_dtype == runtime::WireDtype::F16,
         prefetch: PrefetchConfig {
@@ -605,7 +627,9 @@ async fn start(
         chat_template,
         outcome,
         next_task: 1.into(),
-        n_ctx: cfg.n_ctx,
+        n_ctx: cfg.slot_ctx(),
+        n_slots: cfg.n_parallel.max(1),
+        busy,
         plan,
         windows,
         predicted_s: None,

@@ -33,7 +33,12 @@ pub struct ControlPeer {
 pub struct SupervisorArgs {
     pub rank: u32,
     pub shard: Arc<Shard>,
+    /// Positions per KV slot.
     pub n_ctx: usize,
+    /// KV slots: sequences decoded together.
+    pub n_slots: usize,
+    /// Head: slots in use (the Batcher keeps it current).
+    pub busy: Arc<std::sync::atomic::AtomicUsize>,
     pub threads: usize,
     pub wire_f16: bool,
     pub prefetch: PrefetchConfig,
@@ -190,6 +195,7 @@ impl Actor for NodeSupervisor {
                 shard: a.shard.clone(),
                 rank: a.rank,
                 n_ctx: a.n_ctx,
+                n_slots: a.n_slots,
                 threads: a.threads,
                 wire_f16: a.wire_f16,
                 prefetcher: prefetcher.clone(),
@@ -200,7 +206,13 @@ impl Actor for NodeSupervisor {
         let mut children = vec![(shard_ref.get_cell(), "model shard"), (compute.get_cell(), "compute")];
         let batcher = match &a.tokenizer {
             Some(tok) => {
-                let args = BatcherArgs { compute: compute.clone(), tokenizer: tok.clone(), n_ctx: a.n_ctx };
+                let args = BatcherArgs {
+                    compute: compute.clone(),
+                    tokenizer: tok.clone(),
+                    n_ctx: a.n_ctx,
+                    n_slots: a.n_slots,
+                    busy: a.busy.clone(),
+                };
                 let (b, _) = Actor::spawn_linked(None, Batcher, args, cell.clone()).await?;
                 children.push((b.get_cell(), "batcher"));
                 Some(b)

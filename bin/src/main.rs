@@ -133,6 +133,11 @@ pub struct HttpArgs {
     /// Requests accepted at once (running + queued); more get HTTP 429.
     #[arg(long = "max-queue", default_value_t = 64)]
     pub max_queue: usize,
+    /// Sequences decoded together (continuous batching; also `-np`): each step of the ring
+    /// carries one row per running request. The context (-c / n_ctx) is split among them.
+    /// Default: 4 for `prima serve`, `n_parallel` from node.toml for `prima node --serve`.
+    #[arg(long = "parallel")]
+    pub parallel: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -143,8 +148,8 @@ pub struct ServeArgs {
     /// Compute threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// Context size in tokens.
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    /// Context size in tokens, shared by the --parallel sequences.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 8192)]
     pub ctx_size: usize,
     #[command(flatten)]
     pub http: HttpArgs,
@@ -372,6 +377,7 @@ fn main() -> ExitCode {
         .map(|a| match a.as_str() {
             "-cnv" => "--cnv".to_string(),
             "-lw" => "--lw".to_string(),
+            "-np" => "--parallel".to_string(),
             _ => a,
         })
         .collect();

@@ -32,6 +32,10 @@ pub fn node(a: NodeArgs) -> Result<()> {
         cfg.layer_window = Some(parse_windows(lw).map_err(anyhow::Error::msg)?);
         cfg.validate().map_err(anyhow::Error::msg).context("-lw")?;
     }
+    if let Some(np) = a.http.parallel {
+        cfg.n_parallel = np;
+        cfg.validate().map_err(anyhow::Error::msg).context("--parallel")?;
+    }
     if cfg.is_head() && a.head.prompt.is_none() && !a.head.conversation && !a.serve {
         bail!("the head (rank 0) needs a prompt (-p), chat mode (-cnv) or --serve");
     }
@@ -66,6 +70,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     cfg.listen = "127.0.0.1:0".into();
     cfg.threads = a.threads;
     cfg.n_ctx = a.ctx_size;
+    cfg.n_parallel = a.http.parallel.unwrap_or(4);
+    cfg.validate().map_err(anyhow::Error::msg)?;
     let name = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     tokio_runtime()?.block_on(async move {
         let node = Node::spawn(cfg).await.context("cannot start")?;
@@ -82,7 +88,13 @@ async fn serve_node(node: Node, http: &HttpArgs, model_name: String) -> Result<(
         max_queue: http.max_queue.max(1),
         model_name,
     };
-    eprintln!("serving {} on http://{}/v1 (Ctrl-C stops)", cfg.model_name, cfg.addr);
+    eprintln!(
+        "serving {} on http://{}/v1 ({} sequence(s) at once, {} tokens of context each; Ctrl-C stops)",
+        cfg.model_name,
+        cfg.addr,
+        node.n_slots(),
+        node.n_ctx()
+    );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -63,7 +63,7 @@ fn wait_healthy(port: u16) {
 fn serve(extra: &[&str]) -> (Server, u16) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_prima"))
-        .args(["serve", "-c", "512", "-t", "2", "--port", &port.to_string()])
+        .args(["serve", "-c", "2048", "-t", "2", "--port", &port.to_string()])
         .arg("-m")
         .arg(model())
         .args(extra)
@@ -108,11 +108,11 @@ fn the_openai_client_works_against_a_three_node_ring() {
     let mut kids = Vec::new();
     for rank in 0..3u32 {
         let mut cfg = format!(
-            "rank = {rank}\nmodel = {:?}\nhead = \"127.0.0.1:{head_port}\"\nlisten = \"127.0.0.1:0\"\nkey_file = {key:?}\nthreads = 1\nn_ctx = 512\n",
+            "rank = {rank}\nmodel = {:?}\nhead = \"127.0.0.1:{head_port}\"\nlisten = \"127.0.0.1:0\"\nkey_file = {key:?}\nthreads = 1\nn_ctx = 1024\n",
             model()
         );
         if rank == 0 {
-            cfg.push_str("world = 3\nlayer_window = [4, 3, 3]\n");
+            cfg.push_str("world = 3\nlayer_window = [4, 3, 3]\nn_parallel = 2\n");
         }
         let p = d.join(format!("n{rank}.toml"));
         std::fs::write(&p, cfg).unwrap();
@@ -216,4 +216,57 @@ fn closing_the_connection_cancels_the_request() {
     // The slot is free: the next request runs at once.
     let (st, body) = http(port, "POST", "/v1/completions", &[], "{\"prompt\": \"Hi\", \"max_tokens\": 2}");
     assert_eq!(st, 200, "{body}");
+}
+
+#[test]
+fn a_load_test_loses_no_request_and_leaks_no_slot() {
+    let (_s, port) = serve(&["-np", "8", "--max-queue", "64"]);
+    let prompts = ["Hi", "The capital of France is", "Once upon a time", "1, 2, 3,", "Water boils at"];
+    let body = |p: &str| format!("{{\"prompt\": \"{p}\", \"max_tokens\": 6, \"temperature\": 0}}");
+    // What each prompt gives alone.
+    let solo: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let (st, b) = http(port, "POST", "/v1/completions", &[], &body(p));
+            assert_eq!(st, 200, "{b}");
+            text_of(&b)
+        })
+        .collect();
+    // 200 requests, 16 clients at a time, with a malformed one now and then.
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (next, solo) = (next.clone(), solo.clone());
+            std::thread::spawn(move || {
+                let mut done = 0;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= 200 {
+                        return done;
+                    }
+                    if i % 25 == 7 {
+                        let (st, b) = http(port, "POST", "/v1/completions", &[], "{\"prompt\": 5}");
+                        assert_eq!(st, 400, "{b}");
+                    }
+                    let k = i % prompts.len();
+                    let (st, b) = http(port, "POST", "/v1/completions", &[], &body(prompts[k]));
+                    assert_eq!(st, 200, "request {i}: {b}");
+                    assert_eq!(text_of(&b), solo[k], "request {i} differs from its solo run");
+                    done += 1;
+                }
+            })
+        })
+        .collect();
+    let served: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(served, 200);
+    let (_, m) = http(port, "GET", "/metrics", &[], "");
+    assert!(m.contains("prima_kv_slots_busy 0"), "{m}");
+    assert!(m.contains("prima_kv_slots 8"), "{m}");
+    assert!(m.contains("prima_requests_in_flight 0"), "{m}");
+}
+
+/// The `text` of a completion response.
+fn text_of(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["choices"][0]["text"].as_str().unwrap_or_else(|| panic!("no text: {body}")).to_string()
 }

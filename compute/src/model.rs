@@ -247,8 +247,37 @@ impl Model {
         kv: &mut KvCache,
         s: &mut Scratch,
     ) -> Result<()> {
+        self.forward_batch_on(team, layers, hidden, positions, None, std::slice::from_mut(kv), s)
+    }
+
+    /// Runs layers `layers` on rows of several sequences at once: row `t` is at position
+    /// `positions[t]` of the sequence whose KV cache is `kvs[slots[t]]` (`None`: every row in
+    /// `kvs[0]`). The rows of one sequence must be consecutive. The weights are read once for
+    /// all rows; attention runs per sequence over its own cache, so every row gets the same
+    /// bits as when its sequence runs alone with the same chunks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_batch_on<'m>(
+        &'m self,
+        team: &mut Team<'m, '_>,
+        layers: Range<usize>,
+        hidden: &mut [f32],
+        positions: &[usize],
+        slots: Option<&[usize]>,
+        kvs: &mut [KvCache],
+        s: &mut Scratch,
+    ) -> Result<()> {
         let hp = &self.hp;
         let n_tok = positions.len();
+        if let Some(sl) = slots {
+            if sl.len() != n_tok {
+                return Err(Error::BadHParam(format!("{} slots for {n_tok} rows", sl.len())));
+            }
+            if let Some(&bad) = sl.iter().find(|&&x| x >= kvs.len()) {
+                return Err(Error::BadHParam(format!("KV slot {bad} of {}", kvs.len())));
+            }
+        } else if kvs.is_empty() {
+            return Err(Error::BadHParam("no KV cache".into()));
+        }
         if hidden.len() != n_tok * hp.n_embd {
             return Err(Error::BadHParam(format!(
                 "hidden state has {} values, expected {n_tok} × {}",
@@ -256,14 +285,15 @@ impl Model {
                 hp.n_embd
             )));
         }
+        let n_ctx = kvs.iter().map(|k| k.n_ctx).min().unwrap_or(0);
         if let Some(&p) = positions.iter().max() {
-            if p >= kv.n_ctx {
-                return Err(Error::ContextFull { n_ctx: kv.n_ctx });
+            if p >= n_ctx {
+                return Err(Error::ContextFull { n_ctx });
             }
         }
         for il in layers {
             let lw = self.layer(il).ok_or(Error::NotLoaded("layer"))?;
-            self.forward_layer(il, lw, hidden, positions, kv, s, team)?;
+            self.forward_layer(il, lw, hidden, positions, slots, kvs, s, team)?;
         }
         Ok(())
     }
@@ -275,10 +305,12 @@ impl Model {
         lw: &LayerWeights,
         hidden: &mut [f32],
         positions: &[usize],
-        kv: &mut KvCache,
+        slots: Option<&[usize]>,
+        kvs: &mut [KvCache],
         s: &mut Scratch,
         team: &mut Team<'m, '_>,
     ) -> Result<()> {
+        let slot = |t: usize| slots.map_or(0, |sl| sl[t]);
         let hp = &self.hp;
         let (e, nq, nkv, ff) = (hp.n_embd, hp.n_embd_q(), hp.n_embd_kv(), hp.n_ff);
         let n_tok = positions.len();
@@ -327,17 +359,28 @@ impl Model {
         debug_sum(dbg, "Krope", il, &s.k);
         let li = il - self.spec.layers.start;
         for (t, &pos) in positions.iter().enumerate() {
-            kv.store(li, pos, &s.k[t * nkv..(t + 1) * nkv], &s.v[t * nkv..(t + 1) * nkv]);
+            kvs[slot(t)].store(li, pos, &s.k[t * nkv..(t + 1) * nkv], &s.v[t * nkv..(t + 1) * nkv]);
         }
         if dbg {
             let n = positions.iter().max().map_or(0, |p| p + 1);
+            let kv = &kvs[slot(0)];
             let kf: Vec<f32> = kv.keys(li, n).iter().map(|v| v.to_f32()).collect();
             let vf: Vec<f32> = kv.values(li, n).iter().map(|v| v.to_f32()).collect();
             debug_sum(dbg, "cache_k", il, &kf);
             debug_sum(dbg, "cache_v", il, &vf);
         }
         s.attn.resize(n_tok * nq, 0.0);
-        ops::attention(hp, kv, li, &s.q, positions, &mut s.attn, &mut s.att_scratch);
+        // Attention per run of rows of one sequence, over that sequence's cache.
+        let mut t0 = 0;
+        while t0 < n_tok {
+            let mut t1 = t0 + 1;
+            while t1 < n_tok && slot(t1) == slot(t0) {
+                t1 += 1;
+            }
+            let (q, out) = (&s.q[t0 * nq..t1 * nq], &mut s.attn[t0 * nq..t1 * nq]);
+            ops::attention(hp, &kvs[slot(t0)], li, q, &positions[t0..t1], out, &mut s.att_scratch);
+            t0 = t1;
+        }
         s.proj.resize(n_tok * e, 0.0);
         debug_sum(dbg, "kqv_out", il, &s.attn);
         team.matmul(&self.matrix(&lw.wo), &s.attn, &mut s.proj);
@@ -388,6 +431,34 @@ impl Model {
         s.xn.resize(self.hp.n_embd, 0.0);
         ops::rms_norm(hidden_row, norm, self.hp.rms_eps, &mut s.xn);
         logits.resize(out.n_out, 0.0);
+        team.matmul(&self.matrix(out), &s.xn, logits);
+        Ok(())
+    }
+
+    /// Final norm and output head for every row of `rows` (`n × n_embd`): `n × n_vocab` logits
+    /// into `logits`, the output weights read once for all rows (each row's bits as
+    /// [`Model::logits_on`] gives them).
+    pub fn logits_rows_on<'m>(
+        &'m self,
+        team: &mut Team<'m, '_>,
+        rows: &[f32],
+        logits: &mut Vec<f32>,
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let (norm, out) = match (&self.output_norm, &self.output) {
+            (Some(n), Some(o)) => (n, o),
+            _ => return Err(Error::NotLoaded("output head")),
+        };
+        let e = self.hp.n_embd;
+        if rows.is_empty() || !rows.len().is_multiple_of(e) {
+            return Err(Error::BadHParam("hidden rows have the wrong width".into()));
+        }
+        let n = rows.len() / e;
+        s.xn.resize(n * e, 0.0);
+        for (x, o) in rows.chunks_exact(e).zip(s.xn.chunks_exact_mut(e)) {
+            ops::rms_norm(x, norm, self.hp.rms_eps, o);
+        }
+        logits.resize(n * out.n_out, 0.0);
         team.matmul(&self.matrix(out), &s.xn, logits);
         Ok(())
     }

@@ -77,9 +77,13 @@ pub struct NodeConfig {
     /// Compute threads (default: every core).
     #[serde(default)]
     pub threads: Option<usize>,
-    /// Context length (positions) of the KV cache.
+    /// Context length (positions) of the KV cache, shared by the `n_parallel` sequences.
     #[serde(default = "default_n_ctx")]
     pub n_ctx: usize,
+    /// Sequences decoded together (head only; llama.cpp's `-np`): each ring step carries one
+    /// row per active sequence, and each gets `n_ctx / n_parallel` positions.
+    #[serde(default = "one_usize")]
+    pub n_parallel: usize,
     /// Layers per node per cycle, in rank order (head only), as prima.cpp's `-lw`.
     /// Windows repeat for several cycles when their sum is smaller than the layer count.
     /// Absent: the head profiles every node and the scheduler (Halda) picks the windows,
@@ -117,6 +121,9 @@ pub struct NodeConfig {
 fn one() -> u32 {
     1
 }
+fn one_usize() -> usize {
+    1
+}
 fn yes() -> bool {
     true
 }
@@ -151,6 +158,7 @@ impl NodeConfig {
             key_file: None,
             threads: None,
             n_ctx: default_n_ctx(),
+            n_parallel: 1,
             layer_window: None,
             wire_dtype: WireDtype::F32,
             prefetch: true,
@@ -196,6 +204,12 @@ impl NodeConfig {
         if self.n_ctx == 0 {
             return Err("n_ctx must be positive".into());
         }
+        if self.n_parallel == 0 || self.n_parallel > 256 {
+            return Err("n_parallel must be in 1..=256".into());
+        }
+        if self.n_ctx / self.n_parallel < 8 {
+            return Err(format!("n_ctx {} leaves too few positions for {} sequences", self.n_ctx, self.n_parallel));
+        }
         if self.threads == Some(0) {
             return Err("threads must be positive".into());
         }
@@ -217,6 +231,11 @@ impl NodeConfig {
             return Err(format!("listen = {:?} is not an IP:port address", self.listen));
         }
         Ok(())
+    }
+
+    /// Positions of each sequence's KV cache.
+    pub fn slot_ctx(&self) -> usize {
+        self.n_ctx / self.n_parallel.max(1)
     }
 
     pub fn max_frame_bytes(&self) -> usize {

@@ -62,6 +62,8 @@ pub enum Control {
         next_addr: String,
         wire_f16: bool,
         n_ctx: u32,
+        /// Sequences decoded together (KV slots per window, `n_ctx` positions each).
+        n_slots: u32,
         ring: Vec<u32>,
     },
     /// Head → node: refused (different model, duplicate rank, …); the node exits.
@@ -103,11 +105,14 @@ pub struct Activations {
     pub layer: u32,
     /// Position of each row in its sequence.
     pub positions: Vec<u32>,
+    /// KV slot (sequence) of each row; the rows of one sequence are consecutive.
+    pub slots: Vec<u32>,
     /// Row-major `positions.len() × n_embd` values, little-endian f32 or f16.
     pub f16: bool,
     pub hidden: Vec<u8>,
-    /// The head wants logits of the last row when this frame comes back.
-    pub want_logits: bool,
+    /// Rows whose logits the head wants when this frame comes back (the last row of each
+    /// sequence that samples a token after this step).
+    pub logit_rows: Vec<u32>,
     /// Per-hop timings, filled in when the head asked for a trace.
     pub trace: Option<Vec<Hop>>,
 }
@@ -194,7 +199,8 @@ mod tests {
             positions: vec![5, 6],
             f16: false,
             hidden: pack_hidden(&[1.0, -2.5, 3.25, 0.0], false),
-            want_logits: true,
+            slots: vec![0, 0],
+            logit_rows: vec![1],
             trace: Some(vec![Hop { rank: 1, first_layer: 4, n_layers: 8, compute_us: 10, node_us: 12 }]),
         }
     }
@@ -267,6 +273,7 @@ mod tests {
                     next_addr: "10.0.0.3:9701".into(),
                     wire_f16: true,
                     n_ctx: 4096,
+                    n_slots: 4,
                     ring: vec![0, 1, 2],
                 }),
             ),

@@ -1,0 +1,76 @@
+//! `Model::forward_batch_on`: rows of several sequences in one pass give, bit for bit, what each
+//! sequence gives alone (prefill rows and decode rows alike), on the real SmolLM2 model.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prima::compute::{LoadSpec, Model, Scratch};
+use prima::gguf::{GgufFile, Tokenizer};
+
+#[test]
+fn several_sequences_in_one_pass_match_each_alone() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "{} is missing: run scripts/fetch-model.sh", path.display());
+    let file = Arc::new(GgufFile::open(&path).unwrap());
+    let n_layer = prima::compute::HParams::from_metadata(file.metadata()).unwrap().n_layer;
+    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+    let model = Model::load(file, LoadSpec::full(n_layer)).unwrap();
+    let prompts: Vec<Vec<u32>> = ["The capital of France is", "Once upon a time there was", "1, 2, 3"]
+        .iter()
+        .map(|t| tok.encode(t, true, true))
+        .collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        let mut s = Scratch::default();
+        // Alone: each prompt, then one decode row (token 42) after it.
+        let mut alone = Vec::new();
+        for p in &prompts {
+            let mut kv = model.new_kv_cache(64);
+            let mut h = Vec::new();
+            model.embed(p, &mut h).unwrap();
+            let pos: Vec<usize> = (0..p.len()).collect();
+            model.forward_layers(0..n_layer, &mut h, &pos, &mut kv, &mut s).unwrap();
+            let mut d = Vec::new();
+            model.embed(&[42], &mut d).unwrap();
+            model.forward_layers(0..n_layer, &mut d, &[p.len()], &mut kv, &mut s).unwrap();
+            alone.push((h, d));
+        }
+        // Together: every prompt in one pass (each in its own slot), then the three decode rows.
+        let mut kvs: Vec<_> = (0..3).map(|_| model.new_kv_cache(64)).collect();
+        let (mut tokens, mut pos, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, p) in prompts.iter().enumerate() {
+            tokens.extend_from_slice(p);
+            pos.extend(0..p.len());
+            slots.extend(std::iter::repeat_n(i, p.len()));
+        }
+        let mut h = Vec::new();
+        model.embed(&tokens, &mut h).unwrap();
+        model
+            .with_team(&mut s, |team, s| {
+                model.forward_batch_on(team, 0..n_layer, &mut h, &pos, Some(&slots), &mut kvs, s)
+            })
+            .unwrap();
+        let mut d = Vec::new();
+        model.embed(&[42, 42, 42], &mut d).unwrap();
+        let dpos: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        model
+            .with_team(&mut s, |team, s| {
+                model.forward_batch_on(team, 0..n_layer, &mut d, &dpos, Some(&[0, 1, 2]), &mut kvs, s)
+            })
+            .unwrap();
+        let e = model.hp.n_embd;
+        let mut row = 0;
+        for (i, p) in prompts.iter().enumerate() {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&h[row * e..(row + p.len()) * e]), bits(&alone[i].0), "prompt {i}");
+            assert_eq!(bits(&d[i * e..(i + 1) * e]), bits(&alone[i].1), "decode row {i}");
+            row += p.len();
+        }
+        // A slot that does not exist is an error, not a panic.
+        let mut one = d[..e].to_vec();
+        let bad = model.with_team(&mut s, |team, s| {
+            model.forward_batch_on(team, 0..n_layer, &mut one, &[5], Some(&[7]), &mut kvs, s)
+        });
+        assert!(bad.is_err());
+    });
+}
