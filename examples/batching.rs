@@ -41,7 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompt: tok.encode(&chat(text), true, true),
         n_predict: 64,
         sampling: SamplerConfig::greedy(),
-        trace: false,
+        trace: std::env::var_os("TRACE").is_some(),
     };
     // Warm-up.
     head.generate_all(request(PROMPTS[0])).await?;
@@ -63,6 +63,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for r in runs {
             let (ids, stats) = r.await??;
             tokens += ids.len();
+            if !stats.hops.is_empty() {
+                let steps = stats.hops.len() as f64;
+                let layers: f64 =
+                    stats.hops.iter().flatten().filter(|h| h.n_layers > 0).map(|h| h.compute_us as f64).sum();
+                let head: f64 =
+                    stats.hops.iter().flatten().filter(|h| h.n_layers == 0).map(|h| h.compute_us as f64).sum();
+                eprintln!(
+                    "  {n} concurrent: {:.2} ms per step decoding, layers {:.2} ms, logits {:.2} ms",
+                    stats.gen_ms / steps,
+                    layers / steps / 1e3,
+                    head / steps / 1e3
+                );
+            }
             per_request += stats.n_gen as f64 / (stats.gen_ms / 1e3).max(1e-9) / n as f64;
         }
         let wall = t0.elapsed().as_secs_f64();
