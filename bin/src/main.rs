@@ -118,26 +118,40 @@ impl HeadArgs {
     }
 }
 
-/// HTTP options of the OpenAI-compatible server.
+/// HTTP options of the OpenAI-compatible server (for `prima node`, they override `[server]` in
+/// node.toml).
 #[derive(Args, Debug, Clone)]
 pub struct HttpArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on.
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on [default: 8080].
+    #[arg(long)]
+    pub port: Option<u16>,
     /// Require `Authorization: Bearer KEY` on /v1/* and /metrics.
     #[arg(long = "api-key")]
     pub api_key: Option<String>,
-    /// Requests accepted at once (running + queued); more get HTTP 429.
-    #[arg(long = "max-queue", default_value_t = 64)]
-    pub max_queue: usize,
+    /// Requests accepted at once (running + queued); more get HTTP 429 [default: 64].
+    #[arg(long = "max-queue")]
+    pub max_queue: Option<usize>,
     /// Sequences decoded together (continuous batching; also `-np`): each step of the ring
     /// carries one row per running request. The context (-c / n_ctx) is split among them.
     /// Default: 4 for `prima serve`, `n_parallel` from node.toml for `prima node --serve`.
     #[arg(long = "parallel")]
     pub parallel: Option<usize>,
+}
+
+impl HttpArgs {
+    /// These flags over `[server]` from node.toml (or the defaults).
+    pub fn resolve(&self, file: Option<&runtime::ServerConfig>) -> runtime::ServerConfig {
+        let base = file.cloned().unwrap_or_default();
+        runtime::ServerConfig {
+            host: self.host.clone().unwrap_or(base.host),
+            port: self.port.unwrap_or(base.port),
+            api_key: self.api_key.clone().or(base.api_key),
+            max_queue: self.max_queue.unwrap_or(base.max_queue).max(1),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -230,7 +244,8 @@ pub struct NodeArgs {
     /// The node's config file (see examples/node0.toml).
     #[arg(long)]
     pub config: PathBuf,
-    /// Head: serve the OpenAI-compatible API instead of running a prompt.
+    /// Head: serve the OpenAI-compatible API instead of running a prompt (also when
+    /// node.toml has a `[server]` table).
     #[arg(long)]
     pub serve: bool,
     #[command(flatten)]

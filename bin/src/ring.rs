@@ -13,7 +13,7 @@ use runtime::plan::parse_windows;
 use runtime::NodeConfig;
 
 use crate::generate::{report as report_speed, Conversation, Stats};
-use crate::{ClusterArgs, HeadArgs, HttpArgs, NodeArgs, ServeArgs};
+use crate::{ClusterArgs, HeadArgs, NodeArgs, ServeArgs};
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
@@ -36,9 +36,11 @@ pub fn node(a: NodeArgs) -> Result<()> {
         cfg.n_parallel = np;
         cfg.validate().map_err(anyhow::Error::msg).context("--parallel")?;
     }
-    if cfg.is_head() && a.head.prompt.is_none() && !a.head.conversation && !a.serve {
-        bail!("the head (rank 0) needs a prompt (-p), chat mode (-cnv) or --serve");
+    let serve = a.serve || (cfg.server.is_some() && a.head.prompt.is_none() && !a.head.conversation);
+    if cfg.is_head() && a.head.prompt.is_none() && !a.head.conversation && !serve {
+        bail!("the head (rank 0) needs a prompt (-p), chat mode (-cnv), --serve or a [server] table in its config");
     }
+    let server = a.http.resolve(cfg.server.as_ref());
     let rt = tokio_runtime()?;
     rt.block_on(async move {
         let mut node = Node::spawn(cfg.clone()).await.context("cannot start the node")?;
@@ -49,9 +51,9 @@ pub fn node(a: NodeArgs) -> Result<()> {
             }
             return node.wait().await.context("node stopped with an error");
         }
-        if a.serve {
+        if serve {
             let name = cfg.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            return serve_node(node, &a.http, name).await;
+            return serve_node(node, &server, name).await;
         }
         let result = head_session(&node, &a.head).await;
         match result {
@@ -75,12 +77,12 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     let name = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     tokio_runtime()?.block_on(async move {
         let node = Node::spawn(cfg).await.context("cannot start")?;
-        serve_node(node, &a.http, name).await
+        serve_node(node, &a.http.resolve(None), name).await
     })
 }
 
 /// Serves the API on a head until Ctrl-C or until the ring fails.
-async fn serve_node(node: Node, http: &HttpArgs, model_name: String) -> Result<()> {
+async fn serve_node(node: Node, http: &runtime::ServerConfig, model_name: String) -> Result<()> {
     let node = std::sync::Arc::new(node);
     let cfg = actors::api::ApiConfig {
         addr: format!("{}:{}", http.host, http.port),

@@ -112,15 +112,15 @@ fn the_openai_client_works_against_a_three_node_ring() {
             model()
         );
         if rank == 0 {
-            cfg.push_str("world = 3\nlayer_window = [4, 3, 3]\nn_parallel = 2\n");
+            // Served through `[server]` in its config, with no --serve flag.
+            cfg.push_str(&format!(
+                "world = 3\nlayer_window = [4, 3, 3]\nn_parallel = 2\n[server]\nport = {http_port}\n"
+            ));
         }
         let p = d.join(format!("n{rank}.toml"));
         std::fs::write(&p, cfg).unwrap();
         let mut c = Command::new(env!("CARGO_BIN_EXE_prima"));
         c.arg("node").arg("--config").arg(&p).env("PRIMA_LOG", "warn").stdout(Stdio::null());
-        if rank == 0 {
-            c.args(["--serve", "--port", &http_port.to_string()]);
-        }
         kids.push(Server(c.spawn().unwrap()));
     }
     wait_healthy(http_port);
@@ -207,7 +207,10 @@ fn closing_the_connection_cancels_the_request() {
     let t = Instant::now();
     loop {
         let (_, m) = http(port, "GET", "/metrics", &[], "");
-        if m.contains("prima_requests_cancelled_total 1") && m.contains("prima_requests_in_flight 0") {
+        if m.contains("prima_requests_cancelled_total 1")
+            && m.contains("prima_requests_in_flight 0")
+            && m.contains("prima_kv_slots_busy 0")
+        {
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(10), "not cancelled: {m}");

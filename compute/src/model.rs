@@ -421,18 +421,10 @@ impl Model {
         logits: &mut Vec<f32>,
         s: &mut Scratch,
     ) -> Result<()> {
-        let (norm, out) = match (&self.output_norm, &self.output) {
-            (Some(n), Some(o)) => (n, o),
-            _ => return Err(Error::NotLoaded("output head")),
-        };
         if hidden_row.len() != self.hp.n_embd {
             return Err(Error::BadHParam("hidden row has the wrong width".into()));
         }
-        s.xn.resize(self.hp.n_embd, 0.0);
-        ops::rms_norm(hidden_row, norm, self.hp.rms_eps, &mut s.xn);
-        logits.resize(out.n_out, 0.0);
-        team.matmul(&self.matrix(out), &s.xn, logits);
-        Ok(())
+        self.logits_rows_on(team, hidden_row, logits, s)
     }
 
     /// Final norm and output head for every row of `rows` (`n × n_embd`): `n × n_vocab` logits

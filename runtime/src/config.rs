@@ -116,6 +116,46 @@ pub struct NodeConfig {
     /// How long the head waits for every node to join (and a node for the head).
     #[serde(default = "default_join_timeout_s")]
     pub join_timeout_s: u64,
+    /// Head only: serve the OpenAI-compatible API (as `prima node --serve` does).
+    #[serde(default)]
+    pub server: Option<ServerConfig>,
+}
+
+/// `[server]` in the head's node.toml; command-line flags override each field.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_server_host")]
+    pub host: String,
+    #[serde(default = "default_server_port")]
+    pub port: u16,
+    /// Bearer token required on `/v1/*` and `/metrics`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Requests accepted at once (running and queued); more get HTTP 429.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: default_server_host(),
+            port: default_server_port(),
+            api_key: None,
+            max_queue: default_max_queue(),
+        }
+    }
+}
+
+fn default_server_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_server_port() -> u16 {
+    8080
+}
+fn default_max_queue() -> usize {
+    64
 }
 
 fn one() -> u32 {
@@ -159,6 +199,7 @@ impl NodeConfig {
             threads: None,
             n_ctx: default_n_ctx(),
             n_parallel: 1,
+            server: None,
             layer_window: None,
             wire_dtype: WireDtype::F32,
             prefetch: true,
@@ -219,6 +260,12 @@ impl NodeConfig {
         if self.heartbeat_ms == 0 || self.peer_timeout_ms <= self.heartbeat_ms {
             return Err("peer_timeout_ms must exceed heartbeat_ms (> 0)".into());
         }
+        if self.server.is_some() && !self.is_head() {
+            return Err("[server] is set on the head only".into());
+        }
+        if self.server.as_ref().is_some_and(|s| s.max_queue == 0) {
+            return Err("[server] max_queue must be at least 1".into());
+        }
         if let Some(w) = &self.layer_window {
             if !self.is_head() {
                 return Err("layer_window is set on the head only".into());
@@ -268,6 +315,14 @@ mod tests {
     }
 
     #[test]
+    fn a_server_table_fills_in_its_defaults() {
+        let c = parse("rank = 0\nmodel = \"m.gguf\"\nhead = \"h:1\"\nn_parallel = 4\n[server]\nport = 9000\n").unwrap();
+        assert_eq!(c.slot_ctx(), 1024);
+        let s = c.server.unwrap();
+        assert_eq!((s.host.as_str(), s.port, s.max_queue, s.api_key), ("127.0.0.1", 9000, 64, None));
+    }
+
+    #[test]
     fn a_cluster_config_needs_a_key_file() {
         let dir = std::env::temp_dir().join(format!("prima-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -289,6 +344,10 @@ mod tests {
             ("rank = 0\nwire_dtype = \"bf16\"\n", "unknown variant"),
             ("rank = 0\ncolour = 3\n", "unknown field"),
             ("rank = 0\nheartbeat_ms = 10\npeer_timeout_ms = 5\n", "peer_timeout_ms"),
+            ("rank = 0\nn_parallel = 0\n", "n_parallel"),
+            ("rank = 0\nn_ctx = 64\nn_parallel = 16\n", "too few positions"),
+            ("rank = 1\nkey_file = \"k\"\n[server]\nport = 8080\n", "head only"),
+            ("rank = 0\n[server]\nprot = 8080\n", "unknown field"),
         ] {
             let err = parse(&format!("{base}{extra}")).unwrap_err();
             assert!(err.contains(why), "{extra:?}: {err}");

@@ -9,7 +9,7 @@ pub mod link;
 pub mod plan;
 pub mod wire;
 
-pub use config::{NodeConfig, WireDtype};
+pub use config::{NodeConfig, ServerConfig, WireDtype};
 pub use error::{Error, Result};
 pub use link::{Link, LinkReader, LinkWriter};
 pub use plan::{NodePlan, Plan};
