@@ -370,17 +370,14 @@ impl Model {
             debug_sum(dbg, "cache_v", il, &vf);
         }
         s.attn.resize(n_tok * nq, 0.0);
-        // Attention per run of rows of one sequence, over that sequence's cache.
-        let mut t0 = 0;
-        while t0 < n_tok {
-            let mut t1 = t0 + 1;
-            while t1 < n_tok && slot(t1) == slot(t0) {
-                t1 += 1;
-            }
-            let (q, out) = (&s.q[t0 * nq..t1 * nq], &mut s.attn[t0 * nq..t1 * nq]);
-            ops::attention(hp, &kvs[slot(t0)], li, q, &positions[t0..t1], out, &mut s.att_scratch);
-            t0 = t1;
+        // Attention per sequence over its own cache; long ones on every thread of the team
+        // (its helpers park meanwhile, and the next product wakes them).
+        let threads = team.threads();
+        if threads > 1 && ops::attention_is_parallel(hp, positions) {
+            team.rest();
         }
+        s.att_scratch.resize_with(threads, Default::default);
+        ops::attention_batch(hp, kvs, slots, li, &s.q, positions, &mut s.attn, &mut s.att_scratch);
         s.proj.resize(n_tok * e, 0.0);
         debug_sum(dbg, "kqv_out", il, &s.attn);
         team.matmul(&self.matrix(&lw.wo), &s.attn, &mut s.proj);
@@ -473,6 +470,7 @@ pub struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     rope: Vec<f32>,
-    att_scratch: ops::AttnScratch,
+    /// One per thread of the team.
+    att_scratch: Vec<ops::AttnScratch>,
     team: TeamBuffers,
 }

@@ -162,17 +162,23 @@ pub fn f16_scale_ref(acc: &mut [f16], s: f32) {
     }
 }
 
-/// Buffers for attention, reused between calls.
+/// Buffers for attention, reused between calls (one per thread that computes attention).
 #[derive(Default)]
 pub struct AttnScratch {
     q: Vec<f32>,
     scores: Vec<f32>,
     acc16: Vec<f16>,
+    /// Per query row: whether its sequence's run of rows takes the tiled kernel.
+    tiled: Vec<bool>,
 }
 
 /// Query rows from which ggml's CPU flash attention switches from the per-row kernel (f16
 /// queries, f16 output accumulator) to the tiled kernel (f32 throughout).
 const TILED_MIN_ROWS: usize = 64;
+
+/// Key × head products below which attention stays on one thread (starting a second costs
+/// about as much as this many products).
+const PARALLEL_MIN_WORK: usize = 8192;
 
 /// Causal multi-head attention with grouped KV heads over the cache of layer `li`.
 /// `q` is `positions.len() × n_head·head_dim`; `out` has the same shape. Token `t` attends to
@@ -191,22 +197,126 @@ pub fn attention(
     out: &mut [f32],
     s: &mut AttnScratch,
 ) {
+    attention_batch(hp, std::slice::from_ref(kv), None, li, q, positions, out, std::slice::from_mut(s));
+}
+
+/// Key × head products of attention over `positions`.
+fn attention_work(hp: &HParams, positions: &[usize]) -> usize {
+    positions.iter().map(|p| p + 1).sum::<usize>() * hp.n_head
+}
+
+/// Whether [`attention_batch`] splits this attention over threads (given more than one).
+pub fn attention_is_parallel(hp: &HParams, positions: &[usize]) -> bool {
+    attention_work(hp, positions) >= PARALLEL_MIN_WORK
+}
+
+/// [`attention`] for rows of several sequences: row `t` reads the cache `kvs[slots[t]]`
+/// (`None`: `kvs[0]`), and the rows of one sequence are consecutive, each run choosing its
+/// kernel by its own length, as if its sequence ran alone. The (row, head) pairs are split over
+/// `scratch.len()` threads (the caller and scoped helpers) when there is enough work; every pair
+/// is computed exactly as on one thread.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_batch(
+    hp: &HParams,
+    kvs: &[KvCache],
+    slots: Option<&[usize]>,
+    li: usize,
+    q: &[f32],
+    positions: &[usize],
+    out: &mut [f32],
+    scratch: &mut [AttnScratch],
+) {
+    let Some((first, rest)) = scratch.split_first_mut() else { return };
+    let slot = |t: usize| slots.map_or(0, |s| s[t]);
+    let n_tok = positions.len();
+    // Each run of rows of one sequence takes the tiled kernel when it is long enough.
+    let mut tiled = std::mem::take(&mut first.tiled);
+    tiled.clear();
+    let mut t0 = 0;
+    while t0 < n_tok {
+        let mut t1 = t0 + 1;
+        while t1 < n_tok && slot(t1) == slot(t0) {
+            t1 += 1;
+        }
+        tiled.extend(std::iter::repeat_n(t1 - t0 >= TILED_MIN_ROWS, t1 - t0));
+        t0 = t1;
+    }
+    let (n_head, hd) = (hp.n_head, hp.head_dim);
+    let n_items = n_tok * n_head;
+    let threads = if attention_is_parallel(hp, positions) { rest.len() + 1 } else { 1 };
+    let ctx = ItemCtx { hp, kvs, slots, li, q, positions, tiled: &tiled };
+    if threads <= 1 || n_items < 2 {
+        attention_items(&ctx, 0..n_items, out, first);
+    } else {
+        // Contiguous ranges of (row, head) items of about equal work (a row's work grows with
+        // its position); their outputs are contiguous too.
+        let total = attention_work(hp, positions);
+        let mut bounds = vec![0];
+        let mut acc = 0;
+        for i in 0..n_items {
+            acc += positions[i / n_head] + 1;
+            if acc * threads >= total * bounds.len() && bounds.len() < threads {
+                bounds.push(i + 1);
+            }
+        }
+        bounds.push(n_items);
+        bounds.dedup();
+        std::thread::scope(|sc| {
+            let mut out = &mut *out;
+            let mut parts = Vec::new();
+            for w in bounds.windows(2) {
+                let (a, b) = out.split_at_mut((w[1] - w[0]) * hd);
+                parts.push((w[0]..w[1], a));
+                out = b;
+            }
+            let mut parts = parts.into_iter();
+            let mine = parts.next();
+            for ((items, o), s) in parts.zip(rest.iter_mut()) {
+                let ctx = &ctx;
+                sc.spawn(move || attention_items(ctx, items, o, s));
+            }
+            if let Some((items, o)) = mine {
+                attention_items(&ctx, items, o, first);
+            }
+        });
+    }
+    first.tiled = tiled;
+}
+
+/// What every attention item reads.
+struct ItemCtx<'a> {
+    hp: &'a HParams,
+    kvs: &'a [KvCache],
+    slots: Option<&'a [usize]>,
+    li: usize,
+    q: &'a [f32],
+    positions: &'a [usize],
+    tiled: &'a [bool],
+}
+
+/// Attention of items `items` (item `i` is row `i / n_head`, head `i % n_head`) into `out`,
+/// which holds exactly those items' outputs.
+fn attention_items(c: &ItemCtx<'_>, items: std::ops::Range<usize>, out: &mut [f32], s: &mut AttnScratch) {
+    let hp = c.hp;
     let hd = hp.head_dim;
     let nq = hp.n_embd_q();
     let nkv = hp.n_embd_kv();
     let group = hp.n_head / hp.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    let tiled = positions.len() >= TILED_MIN_ROWS;
     let k = Kernels::active();
-    for (t, &pos) in positions.iter().enumerate() {
-        let len = pos + 1;
-        let keys = kv.keys(li, len);
-        let values = kv.values(li, len);
-        for h in 0..hp.n_head {
+    let first = items.start;
+    for i in items {
+        let (t, h) = (i / hp.n_head, i % hp.n_head);
+        let tiled = c.tiled[t];
+        let kv = &c.kvs[c.slots.map_or(0, |sl| sl[t])];
+        let len = c.positions[t] + 1;
+        let keys = kv.keys(c.li, len);
+        let values = kv.values(c.li, len);
+        {
             let kvh = h / group;
             let head = |j: usize| j * nkv + kvh * hd..j * nkv + (kvh + 1) * hd;
-            let qh = &q[t * nq + h * hd..t * nq + (h + 1) * hd];
-            let o = &mut out[t * nq + h * hd..t * nq + (h + 1) * hd];
+            let qh = &c.q[t * nq + h * hd..t * nq + (h + 1) * hd];
+            let o = &mut out[(i - first) * hd..(i - first + 1) * hd];
             s.q.clear();
             if tiled {
                 s.q.extend_from_slice(qh);
@@ -254,5 +364,66 @@ pub fn attention(
                 *od = a.to_f32() * inv;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hparams::Arch;
+
+    #[test]
+    fn attention_split_over_threads_gives_the_same_bits() {
+        let hp = HParams {
+            arch: Arch::Llama,
+            n_layer: 1,
+            n_embd: 256,
+            n_ff: 512,
+            n_head: 8,
+            n_head_kv: 2,
+            head_dim: 32,
+            n_rot: 32,
+            rope_freq_base: 10000.0,
+            rope_freq_scale: 1.0,
+            rms_eps: 1e-5,
+            n_ctx_train: 4096,
+        };
+        let (nq, nkv) = (hp.n_embd_q(), hp.n_embd_kv());
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        // Three sequences: a long prefill run (tiled kernel) and two decode rows far into
+        // their caches (per-row kernel).
+        let mut kvs: Vec<KvCache> = (0..3).map(|_| KvCache::new(1, 1024, nkv)).collect();
+        for kv in &mut kvs {
+            for p in 0..1024 {
+                let k: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
+                let v: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
+                kv.store(0, p, &k, &v);
+            }
+        }
+        let mut positions: Vec<usize> = (100..180).collect();
+        let mut slots = vec![0; 80];
+        positions.extend([900, 700]);
+        slots.extend([1, 2]);
+        assert!(attention_is_parallel(&hp, &positions));
+        let q: Vec<f32> = (0..positions.len() * nq).map(|_| rnd()).collect();
+        let run = |threads: usize| {
+            let mut out = vec![0.0; q.len()];
+            let mut s: Vec<AttnScratch> = (0..threads).map(|_| AttnScratch::default()).collect();
+            attention_batch(&hp, &kvs, Some(&slots), 0, &q, &positions, &mut out, &mut s);
+            out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        let one = run(1);
+        assert_eq!(run(2), one);
+        assert_eq!(run(3), one);
+        // And the single-sequence entry point agrees with the batch one on its rows.
+        let mut alone = vec![0.0; 80 * nq];
+        attention(&hp, &kvs[0], 0, &q[..80 * nq], &positions[..80], &mut alone, &mut AttnScratch::default());
+        assert_eq!(alone.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one[..80 * nq]);
     }
 }

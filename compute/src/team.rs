@@ -67,6 +67,9 @@ struct Progress {
 struct Shared<'m, 'b> {
     epoch: AtomicUsize,
     stop: AtomicBool,
+    /// The caller works alone for a while (with threads of its own): helpers park at once
+    /// instead of spinning for the next product.
+    resting: AtomicBool,
     job: Mutex<Option<Job<'m>>>,
     acts: &'b RwLock<QuantizedActs>,
     helper_out: &'b [Mutex<HelperOut>],
@@ -105,6 +108,7 @@ pub fn with_team<'m, R>(n_threads: usize, bufs: &mut TeamBuffers, f: impl FnOnce
     let shared = Shared {
         epoch: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
+        resting: AtomicBool::new(false),
         job: Mutex::new(None),
         acts: &bufs.acts,
         helper_out: &bufs.helper_out,
@@ -153,10 +157,11 @@ fn spin_until(max: Duration, ready: impl Fn() -> bool) -> bool {
     }
 }
 
-/// Waits until `ready()`: spins for `max`, then parks, announcing it in `parked` first. The
-/// waker sets the condition, then checks `parked` (both `SeqCst`), so no wake-up is lost.
-fn wait_until(max: Duration, parked: &AtomicBool, ready: impl Fn() -> bool) {
-    if spin_until(max, &ready) {
+/// Waits until `ready()`: spins for `max` (or until `stop_spinning()`), then parks, announcing
+/// it in `parked` first. The waker sets the condition, then checks `parked` (both `SeqCst`), so
+/// no wake-up is lost.
+fn wait_until(max: Duration, parked: &AtomicBool, ready: impl Fn() -> bool, stop_spinning: impl Fn() -> bool) {
+    if spin_until(max, || ready() || stop_spinning()) && ready() {
         return;
     }
     loop {
@@ -174,7 +179,12 @@ fn helper(s: &Shared<'_, '_>, h: usize) {
     *lock(&s.helper_threads[h]) = Some(std::thread::current());
     let mut seen = 0;
     loop {
-        wait_until(HELPER_SPIN, &s.helper_parked[h], || s.epoch.load(Ordering::SeqCst) != seen);
+        wait_until(
+            HELPER_SPIN,
+            &s.helper_parked[h],
+            || s.epoch.load(Ordering::SeqCst) != seen,
+            || s.resting.load(Ordering::Relaxed),
+        );
         seen = s.epoch.load(Ordering::Acquire);
         if s.stop.load(Ordering::Acquire) {
             return;
@@ -264,6 +274,17 @@ impl Shared<'_, '_> {
 }
 
 impl<'m> Team<'m, '_> {
+    /// Threads in the team, the caller included.
+    pub fn threads(&self) -> usize {
+        self.shared.helper_out.len() + 1
+    }
+
+    /// Tells the helpers to park until the next product instead of spinning: the caller is about
+    /// to use the cores with threads of its own (attention). The next product wakes them.
+    pub fn rest(&self) {
+        self.shared.resting.store(true, Ordering::Relaxed);
+    }
+
     /// `out[t][r] = Σ_k w[r][k] · x[t][k]`, as [`crate::matmul::matmul`], on the team.
     pub fn matmul(&mut self, w: &QMatrix<'m>, x: &[f32], out: &mut [f32]) {
         let s = self.shared;
@@ -278,6 +299,7 @@ impl<'m> Team<'m, '_> {
         let epoch = s.epoch.load(Ordering::Relaxed) + 1;
         let job = self.next_progress(epoch, w.n_out);
         *lock(&s.job) = Some(Job { w: *w, k, progress: job.clone() });
+        s.resting.store(false, Ordering::Relaxed);
         s.publish();
 
         self.own.resize(n_rows * w.n_out, 0.0);
@@ -286,7 +308,7 @@ impl<'m> Team<'m, '_> {
         work(s, &job, 0, |r0, n, acts| {
             compute_rows(k, w, acts, r0, &mut own[r0 * n_rows..(r0 + n) * n_rows], &mut scratch);
         });
-        wait_until(CALLER_SPIN, &s.caller_parked, || job.rows_done.load(Ordering::SeqCst) == w.n_out);
+        wait_until(CALLER_SPIN, &s.caller_parked, || job.rows_done.load(Ordering::SeqCst) == w.n_out, || false);
         for out_h in s.helper_out {
             let out_h = lock(out_h);
             if out_h.epoch != epoch {
