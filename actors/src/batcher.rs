@@ -113,6 +113,8 @@ pub struct BatcherState {
     next_step: u32,
     admitted: u64,
     busy: Arc<AtomicUsize>,
+    /// Decode steps in flight at once (the ring's length).
+    pipeline: usize,
     failed: Option<String>,
 }
 
@@ -127,6 +129,8 @@ pub struct BatcherArgs {
     pub n_slots: usize,
     /// Slots in use, for metrics.
     pub busy: Arc<AtomicUsize>,
+    /// Nodes in the ring: decode steps kept in flight at once, so every node has one to work on.
+    pub pipeline: usize,
 }
 
 impl BatcherState {
@@ -193,20 +197,18 @@ impl BatcherState {
 
     /// Sends steps while there is work and room in the ring.
     fn pump(&mut self) -> Result<(), String> {
-        // Prefill-only steps are pipelined round the ring; once a sequence decodes, one step at a
-        // time carries its row with the others' (and at most one prefill chunk), so a long
-        // prompt never holds decoding back by more than a chunk.
+        // Prefill-only steps are pipelined round the ring. Once a sequence decodes, at most one
+        // step per node is out: on one node every decoder rides in the same step; on a ring of
+        // N, the decoders form up to N groups whose steps follow each other round the ring, so
+        // every node has work (prima.cpp's piped ring). A step carries at most one prefill
+        // chunk, so a long prompt never holds decoding back by more than a chunk.
         let decoding_phase =
             self.slots.iter().any(|s| s.seq.as_ref().is_some_and(|q| q.prompt_sent == q.req.prompt.len()));
-        let limit = if decoding_phase { 1 } else { MAX_IN_FLIGHT };
+        let limit = if decoding_phase { self.pipeline } else { MAX_IN_FLIGHT.max(self.pipeline) };
         while self.in_flight.len() < limit {
             let decoding: Vec<usize> = (0..self.slots.len())
                 .filter(|&i| self.slots[i].seq.as_ref().is_some_and(|s| s.next.is_some() && !s.waiting))
                 .collect();
-            // Decoders ready while a step is out wait for it, so they travel together.
-            if !decoding.is_empty() && !self.in_flight.is_empty() {
-                break;
-            }
             let prefill = (0..self.slots.len())
                 .filter(|&i| self.slots[i].seq.as_ref().is_some_and(|s| s.prompt_sent < s.req.prompt.len()))
                 .min_by_key(|&i| self.slots[i].seq.as_ref().map_or(u64::MAX, |s| s.order));
@@ -358,6 +360,7 @@ impl Actor for Batcher {
             next_step: 0,
             admitted: 0,
             busy: a.busy,
+            pipeline: a.pipeline.max(1),
             failed: None,
         })
     }

@@ -596,6 +596,7 @@ async fn start(
         n_ctx: cfg.slot_ctx(),
         n_slots: cfg.n_parallel.max(1),
         busy: busy.clone(),
+        pipeline: plan.as_ref().map_or(1, |p| p.ring.len().max(1)),
         threads: cfg.threads.unwrap_or_else(default_threads),
         wire_f16: cfg.wire_dtype == runtime::WireDtype::F16,
         prefetch: PrefetchConfig {

@@ -39,6 +39,8 @@ pub struct SupervisorArgs {
     pub n_slots: usize,
     /// Head: slots in use (the Batcher keeps it current).
     pub busy: Arc<std::sync::atomic::AtomicUsize>,
+    /// Head: nodes in the ring (decode steps in flight at once).
+    pub pipeline: usize,
     pub threads: usize,
     pub wire_f16: bool,
     pub prefetch: PrefetchConfig,
@@ -212,6 +214,7 @@ impl Actor for NodeSupervisor {
                     n_ctx: a.n_ctx,
                     n_slots: a.n_slots,
                     busy: a.busy.clone(),
+                    pipeline: a.pipeline,
                 };
                 let (b, _) = Actor::spawn_linked(None, Batcher, args, cell.clone()).await?;
                 children.push((b.get_cell(), "batcher"));
