@@ -188,7 +188,6 @@ impl BatcherState {
                 waiting: false,
             });
         }
-        self.count_busy();
     }
 
     fn count_busy(&self) {
@@ -275,42 +274,34 @@ impl BatcherState {
             return Err(format!("step {step} came back with {} logit rows for {}", logits.len(), owners.len()));
         }
         for ((slot, id), mut logits) in owners.into_iter().zip(logits) {
-            let n_ctx = self.n_ctx;
-            let eog = {
-                // A sequence cancelled while its step was out: its slot moved on.
-                let Some(seq) = self.slots[slot].seq.as_mut().filter(|s| s.id == id) else { continue };
-                seq.waiting = false;
-                if seq.t_gen.is_none() {
-                    seq.stats.prompt_ms = seq.t0.elapsed().as_secs_f64() * 1e3;
-                    seq.t_gen = Some(Instant::now());
-                } else if let (Some(t), true) = (&trace, seq.req.trace) {
-                    seq.stats.hops.push(t.clone());
-                }
-                let tok = seq.sampler.sample(&mut logits);
-                if self.tok.is_eog(tok) {
-                    true
+            // A sequence cancelled while its step was out: its slot moved on.
+            let Some(seq) = self.slots[slot].seq.as_mut().filter(|s| s.id == id) else { continue };
+            seq.waiting = false;
+            if seq.t_gen.is_none() {
+                seq.stats.prompt_ms = seq.t0.elapsed().as_secs_f64() * 1e3;
+                seq.t_gen = Some(Instant::now());
+            } else if let (Some(t), true) = (&trace, seq.req.trace) {
+                seq.stats.hops.push(t.clone());
+            }
+            let tok = seq.sampler.sample(&mut logits);
+            let stop = if self.tok.is_eog(tok) {
+                Some("eog")
+            } else {
+                seq.sampler.accept(tok);
+                seq.stats.n_gen += 1;
+                if seq.tx.send(Event::Token(tok)).is_err() {
+                    Some("cancelled")
+                } else if seq.stats.n_gen >= seq.req.n_predict {
+                    Some("length")
+                } else if seq.n_past >= self.n_ctx {
+                    Some("context")
                 } else {
-                    seq.sampler.accept(tok);
-                    seq.stats.n_gen += 1;
-                    let gone = seq.tx.send(Event::Token(tok)).is_err();
-                    let stop = if gone {
-                        Some("cancelled")
-                    } else if seq.stats.n_gen >= seq.req.n_predict {
-                        Some("length")
-                    } else if seq.n_past >= n_ctx {
-                        Some("context")
-                    } else {
-                        seq.next = Some(tok);
-                        None
-                    };
-                    if let Some(stop) = stop {
-                        self.finish(slot, stop);
-                    }
-                    false
+                    seq.next = Some(tok);
+                    None
                 }
             };
-            if eog {
-                self.finish(slot, "eog");
+            if let Some(stop) = stop {
+                self.finish(slot, stop);
             }
         }
         Ok(())

@@ -129,7 +129,7 @@ pub fn solve(file: &GgufFile, cfg: &NodeConfig, profiles: &BTreeMap<u32, (Device
         .iter()
         .map(|r| {
             let (p, t_comm) = &profiles[r];
-            let part = Participation { t_comm: *t_comm, ram_budget: None, head: *r == 0 };
+            let part = Participation { t_comm: *t_comm, head: *r == 0 };
             let (d, missing) = DeviceCost::from_profile(p, &model, &part);
             if !missing.is_empty() {
                 tracing::warn!("node {r}'s profile lacks {missing:?}; its slowest measured rate stands in");

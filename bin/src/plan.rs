@@ -60,7 +60,7 @@ pub fn plan(a: PlanArgs) -> Result<()> {
         if p.model_fingerprint != fp {
             eprintln!("note: {name} was profiled for another model file; its rates are used as they are");
         }
-        let part = Participation { t_comm: a.link_ms / 1e3, ram_budget: None, head: i == 0 };
+        let part = Participation { t_comm: a.link_ms / 1e3, head: i == 0 };
         let (d, missing) = DeviceCost::from_profile(p, &model, &part);
         if !missing.is_empty() {
             eprintln!("note: {name} has no rate for {missing:?}; its slowest measured rate stands in");

@@ -312,57 +312,55 @@ fn attention_items(c: &ItemCtx<'_>, items: std::ops::Range<usize>, out: &mut [f3
         let len = c.positions[t] + 1;
         let keys = kv.keys(c.li, len);
         let values = kv.values(c.li, len);
-        {
-            let kvh = h / group;
-            let head = |j: usize| j * nkv + kvh * hd..j * nkv + (kvh + 1) * hd;
-            let qh = &c.q[t * nq + h * hd..t * nq + (h + 1) * hd];
-            let o = &mut out[(i - first) * hd..(i - first + 1) * hd];
-            s.q.clear();
-            if tiled {
-                s.q.extend_from_slice(qh);
+        let kvh = h / group;
+        let head = |j: usize| j * nkv + kvh * hd..j * nkv + (kvh + 1) * hd;
+        let qh = &c.q[t * nq + h * hd..t * nq + (h + 1) * hd];
+        let o = &mut out[(i - first) * hd..(i - first + 1) * hd];
+        s.q.clear();
+        if tiled {
+            s.q.extend_from_slice(qh);
+        } else {
+            s.q.extend(qh.iter().map(|&v| f16::from_f32(v).to_f32()));
+        }
+        let dot = |j: usize| -> f32 { k.dot_f16_f32(&keys[head(j)], &s.q) * scale };
+        if tiled {
+            s.scores.clear();
+            s.scores.extend((0..len).map(dot));
+            let max = s.scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f64;
+            for sc in s.scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                sum += *sc as f64;
+            }
+            o.fill(0.0);
+            for (j, &w) in s.scores.iter().enumerate() {
+                k.f32_axpy_f16(o, &values[head(j)], w);
+            }
+            let inv = (1.0 / sum) as f32;
+            o.iter_mut().for_each(|v| *v *= inv);
+            continue;
+        }
+        // Online softmax with an f16 accumulator, as ggml's per-row flash-attention kernel.
+        s.acc16.clear();
+        s.acc16.resize(hd, f16::ZERO);
+        let mut m = f32::NEG_INFINITY;
+        let mut sum = 0.0f32;
+        for j in 0..len {
+            let sc = dot(j);
+            let (mut ms, mut vs) = (1.0f32, 1.0f32);
+            if sc > m {
+                ms = (m - sc).exp();
+                m = sc;
+                k.f16_scale(&mut s.acc16, ms);
             } else {
-                s.q.extend(qh.iter().map(|&v| f16::from_f32(v).to_f32()));
+                vs = (sc - m).exp();
             }
-            let dot = |j: usize| -> f32 { k.dot_f16_f32(&keys[head(j)], &s.q) * scale };
-            if tiled {
-                s.scores.clear();
-                s.scores.extend((0..len).map(dot));
-                let max = s.scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f64;
-                for sc in s.scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += *sc as f64;
-                }
-                o.fill(0.0);
-                for (j, &w) in s.scores.iter().enumerate() {
-                    k.f32_axpy_f16(o, &values[head(j)], w);
-                }
-                let inv = (1.0 / sum) as f32;
-                o.iter_mut().for_each(|v| *v *= inv);
-                continue;
-            }
-            // Online softmax with an f16 accumulator, as ggml's per-row flash-attention kernel.
-            s.acc16.clear();
-            s.acc16.resize(hd, f16::ZERO);
-            let mut m = f32::NEG_INFINITY;
-            let mut sum = 0.0f32;
-            for j in 0..len {
-                let sc = dot(j);
-                let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                if sc > m {
-                    ms = (m - sc).exp();
-                    m = sc;
-                    k.f16_scale(&mut s.acc16, ms);
-                } else {
-                    vs = (sc - m).exp();
-                }
-                k.f16_axpy(&mut s.acc16, &values[head(j)], vs);
-                sum = sum.mul_add(ms, vs);
-            }
-            let inv = 1.0 / sum;
-            for (od, a) in o.iter_mut().zip(&s.acc16) {
-                *od = a.to_f32() * inv;
-            }
+            k.f16_axpy(&mut s.acc16, &values[head(j)], vs);
+            sum = sum.mul_add(ms, vs);
+        }
+        let inv = 1.0 / sum;
+        for (od, a) in o.iter_mut().zip(&s.acc16) {
+            *od = a.to_f32() * inv;
         }
     }
 }

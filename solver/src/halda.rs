@@ -344,21 +344,19 @@ impl<'a> Halda<'a> {
     }
 }
 
-/// Latency of a plan over a subset of devices (`w`, `n` indexed like `idx`).
-fn latency(model: &ModelCost, devs: &[DeviceCost], idx: &[usize], w: &[usize], n: &[usize]) -> f64 {
-    let sub: Vec<DeviceCost> = idx.iter().map(|&i| devs[i].clone()).collect();
-    total(&token_latency(model, &sub, w, n))
+/// The devices `idx` of `devs`, in that order (the ring a plan over a subset runs on).
+fn subset(devs: &[DeviceCost], idx: &[usize]) -> Vec<DeviceCost> {
+    idx.iter().map(|&i| devs[i].clone()).collect()
 }
 
 /// Steepest descent over single-layer and single-GPU-layer moves, keeping `Σw` (so `k`).
-fn polish(model: &ModelCost, devs: &[DeviceCost], idx: &[usize], w: &mut [usize], n: &mut [usize], opts: &Options) {
-    let sub: Vec<DeviceCost> = idx.iter().map(|&i| devs[i].clone()).collect();
-    let score = |w: &[usize], n: &[usize]| total(&token_latency(model, &sub, w, n));
+fn polish(model: &ModelCost, sub: &[DeviceCost], w: &mut [usize], n: &mut [usize], opts: &Options) {
+    let score = |w: &[usize], n: &[usize]| total(&token_latency(model, sub, w, n));
     let mut cur = score(w, n);
     for _ in 0..10_000 {
         let mut best: Option<(f64, Vec<usize>, Vec<usize>)> = None;
         for cand in neighbours(w, n) {
-            if feasible(model, &sub, &cand.0, &cand.1, opts) {
+            if feasible(model, sub, &cand.0, &cand.1, opts) {
                 let t = score(&cand.0, &cand.1);
                 if t < cur * (1.0 - 1e-9) && best.as_ref().is_none_or(|b| t < b.0) {
                     best = Some((t, cand.0, cand.1));
@@ -412,6 +410,8 @@ struct Candidate {
     idx: Vec<usize>,
     w: Vec<usize>,
     n: Vec<usize>,
+    /// Predicted terms of each device of `idx`, and their sum.
+    terms: Vec<Terms>,
     latency: f64,
 }
 
@@ -428,15 +428,15 @@ fn solve_subset(
     let found = h.run();
     *solves += h.solves;
     let (mut w, mut n) = found?;
-    let sub_devs: Vec<DeviceCost> = idx.iter().map(|&i| devs[i].clone()).collect();
-    if !feasible(model, &sub_devs, &w, &n, opts) {
+    let sub = subset(devs, idx);
+    if !feasible(model, &sub, &w, &n, opts) {
         return None;
     }
     if opts.refine {
-        polish(model, devs, idx, &mut w, &mut n, opts);
+        polish(model, &sub, &mut w, &mut n, opts);
     }
-    let latency = latency(model, devs, idx, &w, &n);
-    Some(Candidate { idx: idx.to_vec(), w, n, latency })
+    let terms = token_latency(model, &sub, &w, &n);
+    Some(Candidate { idx: idx.to_vec(), w, n, latency: total(&terms), terms })
 }
 
 /// Plans `model` over `devs` (device 0 is the head and always stays).
@@ -493,21 +493,19 @@ pub fn schedule(model: &ModelCost, devs: &[DeviceCost], opts: &Options) -> Resul
             None => break,
         }
     }
-    let Candidate { idx, w, n, .. } = plan;
-    let sub: Vec<DeviceCost> = idx.iter().map(|&i| devs[i].clone()).collect();
-    let sub_terms = token_latency(model, &sub, &w, &n);
+    let Candidate { idx, w, n, terms, latency } = plan;
     let mut out = Schedule {
         w: vec![0; devs.len()],
         n: vec![0; devs.len()],
         cycles: model.n_layer / w.iter().sum::<usize>().max(1),
         terms: vec![Terms::default(); devs.len()],
-        latency: total(&sub_terms),
+        latency,
         ilp_solves: solves,
     };
-    for (p, &i) in idx.iter().enumerate() {
+    for (p, (&i, t)) in idx.iter().zip(terms).enumerate() {
         out.w[i] = w[p];
         out.n[i] = n[p];
-        out.terms[i] = sub_terms[p].clone();
+        out.terms[i] = t;
     }
     Ok(out)
 }
@@ -516,7 +514,7 @@ pub fn schedule(model: &ModelCost, devs: &[DeviceCost], opts: &Options) -> Resul
 /// to compare): devices with a zero window are left out of the ring.
 pub fn evaluate(model: &ModelCost, devs: &[DeviceCost], w: &[usize], n: &[usize]) -> Schedule {
     let idx: Vec<usize> = (0..devs.len()).filter(|&i| w.get(i).copied().unwrap_or(0) > 0).collect();
-    let sub: Vec<DeviceCost> = idx.iter().map(|&i| devs[i].clone()).collect();
+    let sub = subset(devs, &idx);
     let sw: Vec<usize> = idx.iter().map(|&i| w[i]).collect();
     let sn: Vec<usize> = idx.iter().map(|&i| n.get(i).copied().unwrap_or(0)).collect();
     let terms = token_latency(model, &sub, &sw, &sn);

@@ -116,8 +116,6 @@ impl Shape {
 pub struct Participation {
     /// Seconds to send one hidden state to the next device (measured over the link at start).
     pub t_comm: f64,
-    /// The node's own memory budget, when it has one (caps the available RAM).
-    pub ram_budget: Option<u64>,
     /// Whether the device is the head (holds the embedding and the output layer).
     pub head: bool,
 }
@@ -153,10 +151,8 @@ impl DeviceCost {
             _ => profile.disk_seq_gbs * 1e9,
         }
         .max(1e3);
-        let mut ram = profile.ram_available_bytes as f64;
-        if let Some(b) = part.ram_budget {
-            ram = ram.min(b as f64);
-        }
+        // A node's memory budget is already in its profile's available RAM (it offers no more).
+        let ram = profile.ram_available_bytes as f64;
         let (gpu_flops, mem_bw_gpu, vram_avail) = match &profile.gpu {
             Some(g) if g.gflops > 0.0 && g.mem_bandwidth_gbs > 0.0 => (
                 model.layer_flops.keys().map(|q| (q.clone(), g.gflops * 1e9)).collect(),
