@@ -197,9 +197,54 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// All eight (scale, min) pairs of a Q4_K/Q5_K block at once, from its 12 scale bytes:
+/// byte `j` of each array is [`scale_min_k4`]`(j)`. Three words of bit operations instead of
+/// eight branches, for the SIMD kernels.
+#[inline]
+pub fn scales_mins_k4(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (u0, u1, u2) = (word(0), word(1), word(2));
+    const SIX: u32 = 0x3f3f_3f3f;
+    const FOUR: u32 = 0x0f0f_0f0f;
+    const TWO: u32 = 0x0303_0303;
+    // Sub-blocks 0..4 keep the low six bits of bytes 0..4 (scales) and 4..8 (mins); 4..8 take a
+    // nibble of bytes 8..12 and, as bits 4 and 5, the top two bits of bytes 0..4 / 4..8.
+    let hi_sc = (u2 & FOUR) | (((u0 >> 6) & TWO) << 4);
+    let hi_m = ((u2 >> 4) & FOUR) | (((u1 >> 6) & TWO) << 4);
+    let join = |lo: u32, hi: u32| (lo as u64 | (hi as u64) << 32).to_le_bytes();
+    (join(u0 & SIX, hi_sc), join(u1 & SIX, hi_m))
+}
+
 /// Q4_K (144-byte blocks: f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles) · Q8_K.
+///
+/// Summed in eight lanes, as the SIMD kernels sum without any horizontal step per block: lane
+/// `l` holds elements `4l..4l+4` of every 32-element sub-block, each scaled by its sub-block's
+/// scale, and is fused into `acc[l]` with `d` once per super-block; lane `j` of the mins part
+/// holds sub-block `j`'s min × activation sum, fused with `dmin`. Both are reduced as
+/// `hsum_float_8` at the end. (llama.cpp repacks Q4_K rows and sums them in yet another
+/// order; no reference output depends on this type, see ARCHITECTURE.md.)
 pub fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    w.chunks_exact(144).zip(a).map(|(blk, y)| k_block_dot(&blk[..16], None, &blk[16..144], y)).sum()
+    let mut acc = [0.0f32; 8];
+    let mut acc_min = [0.0f32; 8];
+    for (blk, y) in w.chunks_exact(144).zip(a) {
+        let (head, qs) = blk.split_at(16);
+        let mut scale_bytes = [0u8; 12];
+        scale_bytes.copy_from_slice(&head[4..16]);
+        let (sc, m) = scales_mins_k4(&scale_bytes);
+        let mut lanes = [0i32; 8];
+        for j in 0..8 {
+            let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let shift = 4 * (j % 2);
+            for e in 0..32 {
+                let x = ((q[e] >> shift) & 0x0F) as i32;
+                lanes[e / 4] += sc[j] as i32 * (x * y.qs[32 * j + e] as i32);
+            }
+        }
+        let mins: [i32; 8] = std::array::from_fn(|j| m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32));
+        lanes_fma(&mut acc, y.d * f16_at(head, 0), &lanes);
+        lanes_fma(&mut acc_min, y.d * f16_at(head, 2), &mins);
+    }
+    hsum8(&acc) - hsum8(&acc_min)
 }
 
 /// Q5_K (176-byte blocks: f16 d, f16 dmin, 12 scale bytes, 32 high-bit bytes, 128 nibble bytes) · Q8_K.
@@ -232,34 +277,41 @@ fn k_block_dot(head: &[u8], qh: Option<&[u8]>, qs: &[u8], y: &BlockQ8K) -> f32 {
     d * sumi as f32 - dmin * summ as f32
 }
 
-/// Q6_K (210-byte blocks: 128 low-nibble bytes, 64 high-bit bytes, 16 int8 scales, f16 d) · Q8_K.
+/// Q6_K (210-byte blocks: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 i8 scales, f16 d) · Q8_K.
+///
+/// Summed in eight lanes, as the SIMD kernels sum: the values are taken unsigned (0..64) and
+/// lane `l` holds elements `4l..4l+4` of every 32-element run, each scaled by its 16-element
+/// group's scale; the offset of 32 is then taken off lane `l` as
+/// `32·(scale[2l]·bsums[2l] + scale[2l + 1]·bsums[2l + 1])`. Each block's lanes are fused into
+/// `acc` with `d`, and `acc` is reduced as `hsum_float_8` at the end.
 pub fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    let mut sum = 0.0f32;
-    let mut vals = [0i8; 256];
+    let mut acc = [0.0f32; 8];
+    let mut vals = [0u8; 256];
     for (blk, y) in w.chunks_exact(210).zip(a) {
         let ql = &blk[0..128];
         let qh = &blk[128..192];
-        let scales = &blk[192..208];
-        let d = f16_at(blk, 208) * y.d;
+        let scales: [i32; 16] = std::array::from_fn(|j| blk[192 + j] as i8 as i32);
         for half in 0..2 {
             let ql = &ql[half * 64..half * 64 + 64];
             let qh = &qh[half * 32..half * 32 + 32];
             let out = &mut vals[half * 128..half * 128 + 128];
             for l in 0..32 {
-                out[l] = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i8 - 32;
-                out[l + 32] = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
-                out[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
-                out[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                out[l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
+                out[l + 32] = (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4);
+                out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
             }
         }
-        let mut sumi = 0i32;
-        for (j, &sc) in scales.iter().enumerate() {
-            let s: i32 = (j * 16..j * 16 + 16).map(|l| vals[l] as i32 * y.qs[l] as i32).sum();
-            sumi += sc as i8 as i32 * s;
+        let mut lanes = [0i32; 8];
+        for (e, (&v, &q)) in vals.iter().zip(&y.qs).enumerate() {
+            lanes[(e % 32) / 4] += scales[e / 16] * (v as i32 * q as i32);
         }
-        sum += d * sumi as f32;
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane -= 32 * (scales[2 * l] * y.bsums[2 * l] as i32 + scales[2 * l + 1] * y.bsums[2 * l + 1] as i32);
+        }
+        lanes_fma(&mut acc, f16_at(blk, 208) * y.d, &lanes);
     }
-    sum
+    hsum8(&acc)
 }
 
 /// IQ1_S (50-byte blocks: f16 d, 32 grid-index bytes, 8 u16 of high index bits/scale/sign) · Q8_K.
@@ -293,4 +345,33 @@ pub fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
         acc1 = d.mul_add(sumi1 as f32, acc1);
     }
     IQ1S_DELTA.mul_add(acc1, hsum8(&acc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scales_mins_k4_unpacks_like_scale_min_k4() {
+        // Goal: the word-parallel unpacking equals the per-sub-block one; method: every single
+        // set bit, all ones, and pseudo-random bytes.
+        let mut cases: Vec<[u8; 12]> =
+            (0..96).map(|bit| std::array::from_fn(|i| ((i == bit / 8) as u8) << (bit % 8))).collect();
+        cases.push([0xff; 12]);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200 {
+            cases.push(std::array::from_fn(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            }));
+        }
+        for q in cases {
+            let (sc, m) = scales_mins_k4(&q);
+            for j in 0..8 {
+                assert_eq!((sc[j], m[j]), scale_min_k4(j, &q), "sub-block {j} of {q:02x?}");
+            }
+        }
+    }
 }

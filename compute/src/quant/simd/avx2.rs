@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use crate::quant::dot::scale_min_k4;
+use crate::quant::dot::{scale_min_k4, scales_mins_k4};
 use crate::quant::tables::{IQ1S_GRID, KVALUES_IQ4NL};
 
 /// `IQ1S_DELTA` of the reference kernel.
@@ -379,13 +379,13 @@ pub(super) fn sub_i8<const N: usize>(b: &[i8], at: usize) -> &[i8; N] {
     b[at..at + N].try_into().expect("sub-array within its block")
 }
 
-/// The integer sums of one Q4_K/Q5_K super-block: (Σ scale·dot, Σ min·bsums).
+/// The integer sums of one Q5_K super-block (`qh`: its fifth bits): (Σ scale·dot, Σ min·bsums).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn k_block_sums(head: &[u8], qh: Option<&[u8; 32]>, qs: &[u8], y: &BlockQ8K) -> (i32, i32) {
+fn q5k_block_sums(head: &[u8], qh: &[u8; 32], qs: &[u8], y: &BlockQ8K) -> (i32, i32) {
     let scales = &head[4..16];
     let low = _mm256_set1_epi8(0x0F);
-    let high = qh.map(|h| load32(h));
+    let qh = load32(qh);
     let mut acc = _mm256_setzero_si256();
     let mut summ = 0i32;
     for p in 0..4 {
@@ -395,17 +395,8 @@ fn k_block_sums(head: &[u8], qh: Option<&[u8; 32]>, qs: &[u8], y: &BlockQ8K) -> 
         {
             let j = 2 * p + h;
             let (sc, m) = scale_min_k4(j, scales);
-            let x = match high {
-                // Bit j of each qh byte becomes 16 (the shift cannot carry across bytes after the mask).
-                Some(qh) => _mm256_or_si256(
-                    nib,
-                    _mm256_slli_epi16(
-                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1)),
-                        4,
-                    ),
-                ),
-                None => nib,
-            };
+            // Bit j of each qh byte becomes 16 (the shift cannot carry across bytes after the mask).
+            let x = _mm256_or_si256(nib, fifth_bit(qh, j));
             // 5-bit values × |activations| ≤ 127: pair sums ≤ 7874.
             let p16 = _mm256_maddubs_epi16(x, load32_i8(sub_i8(&y.qs, 32 * j)));
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(sc as i16)));
@@ -415,19 +406,63 @@ fn k_block_sums(head: &[u8], qh: Option<&[u8; 32]>, qs: &[u8], y: &BlockQ8K) -> 
     (hsum_i32(acc), summ)
 }
 
+/// One Q4_K super-block unpacked: sub-block `j`'s 32 values, its scale in every i16 lane, the
+/// eight mins as i16 pairs (lane `i` pairs with the activations' `bsums[i]`), and `d`, `dmin`.
+pub(super) struct Q4kBlock {
+    pub(super) x: [__m256i; 8],
+    pub(super) sc: [__m256i; 8],
+    pub(super) mins: __m256i,
+    pub(super) dm: __m128,
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q4k_unpack(blk: &[u8; 144]) -> Q4kBlock {
+    let (sc, m) = scales_mins_k4(sub(blk, 4));
+    let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(sc))));
+    let m8 = _mm_cvtsi64_si128(i64::from_le_bytes(m));
+    let low = _mm256_set1_epi8(0x0F);
+    let mut x = [_mm256_setzero_si256(); 8];
+    let mut scs = [_mm256_setzero_si256(); 8];
+    for p in 0..4 {
+        let q = load32(sub(blk, 16 + 32 * p));
+        x[2 * p] = _mm256_and_si256(q, low);
+        x[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+    }
+    for (j, sc) in scs.iter_mut().enumerate() {
+        // Bytes 2j and 2j + 1 (scale j as an i16) into every i16 lane.
+        *sc = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8)));
+    }
+    Q4kBlock { x, sc: scs, mins: _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), dm: f16x4(blk, 0) }
+}
+
+/// Fuses one block into a row's accumulators, as the reference does: lane `l` = Σ over
+/// sub-blocks of scale × elements `4l..4l+4`; min lane `j` = sub-block `j`'s min × its
+/// activation sum.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q4k_fuse(b: &Q4kBlock, y: &BlockQ8K, acc: &mut __m256, acc_min: &mut __m256) {
+    let mut lanes = _mm256_setzero_si256();
+    for j in 0..8 {
+        // 4-bit values × |activations| ≤ 128: pair sums ≤ 3840; × 6-bit scales fits i32.
+        let p16 = _mm256_maddubs_epi16(b.x[j], load32_i8(sub_i8(&y.qs, 32 * j)));
+        lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p16, b.sc[j]));
+    }
+    let mins = _mm256_madd_epi16(load16_i16(&y.bsums), b.mins);
+    let dm = _mm_mul_ps(_mm_set1_ps(y.d), b.dm);
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(lanes), *acc);
+    *acc_min = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_cvtepi32_ps(mins), *acc_min);
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    w.chunks_exact(144)
-        .zip(a)
-        .map(|(blk, y)| {
-            let (sumi, summ) = k_block_sums(&blk[..16], None, &blk[16..144], y);
-            let d = y.d * f16_at(blk, 0);
-            let dmin = y.d * f16_at(blk, 2);
-            d * sumi as f32 - dmin * summ as f32
-        })
-        .sum()
+    let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (blk, y) in w.chunks_exact(144).zip(a) {
+        q4k_fuse(&q4k_unpack(sub(blk, 0)), y, &mut acc, &mut acc_min);
+    }
+    hsum8(acc) - hsum8(acc_min)
 }
 
 /// # Safety
@@ -437,7 +472,7 @@ pub unsafe fn vec_dot_q5_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     w.chunks_exact(176)
         .zip(a)
         .map(|(blk, y)| {
-            let (sumi, summ) = k_block_sums(&blk[..16], Some(sub(blk, 16)), &blk[48..176], y);
+            let (sumi, summ) = q5k_block_sums(&blk[..16], sub(blk, 16), &blk[48..176], y);
             let d = y.d * f16_at(blk, 0);
             let dmin = y.d * f16_at(blk, 2);
             d * sumi as f32 - dmin * summ as f32
@@ -445,43 +480,70 @@ pub unsafe fn vec_dot_q5_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
         .sum()
 }
 
+/// One Q6_K super-block unpacked: run `i`'s 32 values (unsigned, 0..64), the scales of its two
+/// 16-element groups as i16 (the first in the low eight lanes), all sixteen scales as i16 (for
+/// the offset), and `d`.
+pub(super) struct Q6kBlock {
+    x: [__m256i; 8],
+    sc: [__m256i; 8],
+    sc16: __m256i,
+    d: f32,
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6k_unpack(blk: &[u8; 210]) -> Q6kBlock {
+    let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+    let mut x = [_mm256_setzero_si256(); 8];
+    for half in 0..2 {
+        let ql0 = load32(sub(blk, half * 64));
+        let ql1 = load32(sub(blk, half * 64 + 32));
+        let qh = load32(sub(blk, 128 + half * 32));
+        // Bits 2k, 2k + 1 of each qh byte as bits 4, 5 (the masks stop shifts crossing bytes).
+        let hi = |k: i32| _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), two), 4);
+        x[4 * half] = _mm256_or_si256(_mm256_and_si256(ql0, low), hi(0));
+        x[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low), hi(1));
+        x[4 * half + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), hi(2));
+        x[4 * half + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), hi(3));
+    }
+    let raw = load16(sub(blk, 192));
+    let both = _mm256_broadcastsi128_si256(raw);
+    let mut sc = [_mm256_setzero_si256(); 8];
+    for (i, sc) in sc.iter_mut().enumerate() {
+        // Scale byte 2i (low half) or 2i + 1 (high half) into the high byte of every i16 lane
+        // (index 0x80 zeroes the low byte), then an arithmetic shift sign-extends it.
+        let pick = |j: usize| _mm_set1_epi16(((j as i16) << 8) | 0x80);
+        let idx = _mm256_set_m128i(pick(2 * i + 1), pick(2 * i));
+        *sc = _mm256_srai_epi16(_mm256_shuffle_epi8(both, idx), 8);
+    }
+    // The scale is the block's last two bytes.
+    Q6kBlock { x, sc, sc16: _mm256_cvtepi8_epi16(raw), d: lane::<3>(f16x4(blk, 202)) }
+}
+
+/// Fuses one block into a row's accumulator, as the reference does.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6k_fuse(b: &Q6kBlock, y: &BlockQ8K, acc: &mut __m256) {
+    let mut lanes = _mm256_setzero_si256();
+    for i in 0..8 {
+        // 6-bit values × |activations| ≤ 128: pair sums ≤ 16128.
+        let p16 = _mm256_maddubs_epi16(b.x[i], load32_i8(sub_i8(&y.qs, 32 * i)));
+        lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p16, b.sc[i]));
+    }
+    let offset = _mm256_madd_epi16(load16_i16(&y.bsums), b.sc16);
+    let lanes = _mm256_sub_epi32(lanes, _mm256_slli_epi32(offset, 5));
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(b.d * y.d), _mm256_cvtepi32_ps(lanes), *acc);
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    let mut sum = 0.0f32;
-    let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
-    let shl4 = |v: __m256i| _mm256_slli_epi16(v, 4);
+    let mut acc = _mm256_setzero_ps();
     for (blk, y) in w.chunks_exact(210).zip(a) {
-        let scales = sub::<16>(blk, 192);
-        // The scale is the block's last two bytes.
-        let d = lane::<3>(f16x4(blk, 202)) * y.d;
-        let mut acc = _mm256_setzero_si256();
-        for half in 0..2 {
-            let ql0 = load32(sub(blk, half * 64));
-            let ql1 = load32(sub(blk, half * 64 + 32));
-            let qh = load32(sub(blk, 128 + half * 32));
-            let qh_at = |s: i32| _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s)), two);
-            // The four 32-element runs of this half, as unsigned 6-bit values.
-            let runs = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low), shl4(qh_at(0))),
-                _mm256_or_si256(_mm256_and_si256(ql1, low), shl4(qh_at(2))),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), shl4(qh_at(4))),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), shl4(qh_at(6))),
-            ];
-            for (r, v) in runs.into_iter().enumerate() {
-                let x = _mm256_sub_epi8(v, _mm256_set1_epi8(32));
-                let e = half * 128 + r * 32;
-                // |values| ≤ 32: pair sums ≤ 8128.
-                let p = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, e)), x));
-                let j = e / 16;
-                let s = split_i16(scales[j] as i8 as i16, scales[j + 1] as i8 as i16);
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
-            }
-        }
-        sum += d * hsum_i32(acc) as f32;
+        q6k_fuse(&q6k_unpack(sub(blk, 0)), y, &mut acc);
     }
-    sum
+    hsum8(acc)
 }
 
 /// The 32 grid values (-1, 0, 1) of IQ1_S sub-block `ib` and its scale and delta sign.
@@ -737,14 +799,21 @@ pub unsafe fn vec_dot_iq1_s_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32])
     in_row_groups!(iq1_s_rows, w, a, out)
 }
 
-/// [`k_block_sums`]'s unpacked super-block: the eight 32-element runs of 4-bit (Q4_K) or 5-bit
-/// (Q5_K) values, and their scales and mins.
+/// Bit `j` of each byte of `qh`, as 16.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn k_block_unpack(head: &[u8], qh: Option<&[u8; 32]>, qs: &[u8]) -> ([__m256i; 8], [i16; 8], __m256i) {
+fn fifth_bit(qh: __m256i, j: usize) -> __m256i {
+    _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1)), 4)
+}
+
+/// [`q5k_block_sums`]'s unpacked super-block: the eight 32-element runs of 5-bit values, and
+/// their scales and mins.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5k_block_unpack(head: &[u8], qh: &[u8; 32], qs: &[u8]) -> ([__m256i; 8], [i16; 8], __m256i) {
     let scales = &head[4..16];
     let low = _mm256_set1_epi8(0x0F);
-    let high = qh.map(|h| load32(h));
+    let qh = load32(qh);
     let mut xs = [_mm256_setzero_si256(); 8];
     let mut scs = [0i16; 8];
     let mut ms = [0i16; 16];
@@ -755,16 +824,7 @@ fn k_block_unpack(head: &[u8], qh: Option<&[u8; 32]>, qs: &[u8]) -> ([__m256i; 8
         {
             let j = 2 * p + h;
             let (sc, m) = scale_min_k4(j, scales);
-            xs[j] = match high {
-                Some(qh) => _mm256_or_si256(
-                    nib,
-                    _mm256_slli_epi16(
-                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1)),
-                        4,
-                    ),
-                ),
-                None => nib,
-            };
+            xs[j] = _mm256_or_si256(nib, fifth_bit(qh, j));
             scs[j] = sc as i16;
             ms[2 * j] = m as i16;
             ms[2 * j + 1] = m as i16;
@@ -774,21 +834,15 @@ fn k_block_unpack(head: &[u8], qh: Option<&[u8; 32]>, qs: &[u8]) -> ([__m256i; 8
     (xs, scs, unsafe { _mm256_loadu_si256(ms.as_ptr().cast()) })
 }
 
-/// [`vec_dot_q4_k_q8_k`] / [`vec_dot_q5_k_q8_k`] for `R` activation rows (`stride`: block
-/// bytes, `qh_at`/`qs_at`: where the high bits and nibbles start). Each row's block values are
-/// summed as `Iterator::sum` does in the single-row kernels: from its starting value, in order.
+/// [`vec_dot_q5_k_q8_k`] for `R` activation rows. Each row's block values are summed as
+/// `Iterator::sum` does in the single-row kernel: from its starting value, in order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32], q5: bool) {
+pub(super) fn q5_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
     let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
     let mut sum = [std::iter::empty::<f32>().sum::<f32>(); R];
-    let stride = if q5 { 176 } else { 144 };
-    for (b, blk) in w.chunks_exact(stride).take(nb).enumerate() {
-        let (xs, scs, ms) = if q5 {
-            k_block_unpack(&blk[..16], Some(sub(blk, 16)), &blk[48..176])
-        } else {
-            k_block_unpack(&blk[..16], None, &blk[16..144])
-        };
+    for (b, blk) in w.chunks_exact(176).take(nb).enumerate() {
+        let (xs, scs, ms) = q5k_block_unpack(&blk[..16], sub(blk, 16), &blk[48..176]);
         let (dw, mw) = (f16_at(blk, 0), f16_at(blk, 2));
         for (sum, ys) in sum.iter_mut().zip(&ys) {
             let y = &ys[b];
@@ -810,16 +864,22 @@ pub(super) fn k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &
     out.copy_from_slice(&sum);
 }
 
+/// [`vec_dot_q4_k_q8_k`] for `R` activation rows, each block unpacked once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q4_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
-    k_rows::<R>(w, a, nb, out, false)
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q5_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
-    k_rows::<R>(w, a, nb, out, true)
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc_min = [_mm256_setzero_ps(); R];
+    for (b, blk) in w.chunks_exact(144).take(nb).enumerate() {
+        let x = q4k_unpack(sub(blk, 0));
+        for r in 0..R {
+            q4k_fuse(&x, &ys[r][b], &mut acc[r], &mut acc_min[r]);
+        }
+    }
+    for r in 0..R {
+        out[r] = hsum8(acc[r]) - hsum8(acc_min[r]);
+    }
 }
 
 /// # Safety
@@ -836,52 +896,21 @@ pub unsafe fn vec_dot_q5_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) 
     in_row_groups!(q5_k_rows, w, a, out)
 }
 
-/// [`vec_dot_q6_k_q8_k`] for `R` activation rows: the 6-bit values, their magnitudes and the
-/// scale pairs of each block are unpacked once.
+/// [`vec_dot_q6_k_q8_k`] for `R` activation rows, each block unpacked once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q6_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
     let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
-    let mut sum = [0.0f32; R];
-    let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
-    let shl4 = |v: __m256i| _mm256_slli_epi16(v, 4);
-    let z = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_ps(); R];
     for (b, blk) in w.chunks_exact(210).take(nb).enumerate() {
-        let scales = sub::<16>(blk, 192);
-        let dw = lane::<3>(f16x4(blk, 202));
-        // Run i covers elements 32i..32i + 32: (value, |value|, its two scales).
-        let mut runs = [(z, z, z); 8];
-        for half in 0..2 {
-            let ql0 = load32(sub(blk, half * 64));
-            let ql1 = load32(sub(blk, half * 64 + 32));
-            let qh = load32(sub(blk, 128 + half * 32));
-            let qh_at = |s: i32| _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s)), two);
-            let v = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low), shl4(qh_at(0))),
-                _mm256_or_si256(_mm256_and_si256(ql1, low), shl4(qh_at(2))),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), shl4(qh_at(4))),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), shl4(qh_at(6))),
-            ];
-            for (r, v) in v.into_iter().enumerate() {
-                let x = _mm256_sub_epi8(v, _mm256_set1_epi8(32));
-                let j = (half * 128 + r * 32) / 16;
-                let sc = split_i16(scales[j] as i8 as i16, scales[j + 1] as i8 as i16);
-                runs[half * 4 + r] = (x, _mm256_abs_epi8(x), sc);
-            }
-        }
-        for (sum, ys) in sum.iter_mut().zip(&ys) {
-            let y = &ys[b];
-            let mut acc = _mm256_setzero_si256();
-            for (i, &(x, ax, sc)) in runs.iter().enumerate() {
-                // |values| ≤ 32: pair sums ≤ 8128.
-                let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * i)), x));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
-            }
-            let d = dw * y.d;
-            *sum += d * hsum_i32(acc) as f32;
+        let x = q6k_unpack(sub(blk, 0));
+        for r in 0..R {
+            q6k_fuse(&x, &ys[r][b], &mut acc[r]);
         }
     }
-    out.copy_from_slice(&sum);
+    for r in 0..R {
+        out[r] = hsum8(acc[r]);
+    }
 }
 
 /// # Safety

@@ -375,9 +375,6 @@ pub unsafe fn vec_dot_iq1_s_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32])
     in_row_groups!(iq1_s_rows, w, a, out)
 }
 
-/// The AVX2 multi-row K-quant kernels, compiled here with all 32 vector registers: the unpacked
-/// super-block stays in registers across the rows.
-///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -385,6 +382,9 @@ pub unsafe fn vec_dot_q4_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) 
     in_row_groups!(q4_k_rows, w, a, out)
 }
 
+/// The AVX2 multi-row K-quant kernels, compiled here with all 32 vector registers: the unpacked
+/// super-block stays in registers across the rows.
+///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
