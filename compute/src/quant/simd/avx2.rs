@@ -493,31 +493,38 @@ pub(super) struct Q6kBlock {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q6k_unpack(blk: &[u8; 210]) -> Q6kBlock {
-    let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+    let low = _mm256_set1_epi8(0x0F);
+    let mask = |m: i8| _mm256_set1_epi8(m);
     let mut x = [_mm256_setzero_si256(); 8];
     for half in 0..2 {
         let ql0 = load32(sub(blk, half * 64));
         let ql1 = load32(sub(blk, half * 64 + 32));
         let qh = load32(sub(blk, 128 + half * 32));
-        // Bits 2k, 2k + 1 of each qh byte as bits 4, 5 (the masks stop shifts crossing bytes).
-        let hi = |k: i32| _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), two), 4);
-        x[4 * half] = _mm256_or_si256(_mm256_and_si256(ql0, low), hi(0));
-        x[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low), hi(1));
-        x[4 * half + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), hi(2));
-        x[4 * half + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), hi(3));
+        // Bits 2k, 2k + 1 of each qh byte moved to bits 4, 5: masked first, so no shift carries
+        // a bit across bytes.
+        let hi = [
+            _mm256_slli_epi16(_mm256_and_si256(qh, mask(0x03)), 4),
+            _mm256_slli_epi16(_mm256_and_si256(qh, mask(0x0C)), 2),
+            _mm256_and_si256(qh, mask(0x30)),
+            _mm256_srli_epi16(_mm256_and_si256(qh, mask(0xC0u8 as i8)), 2),
+        ];
+        x[4 * half] = _mm256_or_si256(_mm256_and_si256(ql0, low), hi[0]);
+        x[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low), hi[1]);
+        x[4 * half + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), hi[2]);
+        x[4 * half + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), hi[3]);
     }
-    let raw = load16(sub(blk, 192));
-    let both = _mm256_broadcastsi128_si256(raw);
+    let sc16 = _mm256_cvtepi8_epi16(load16(sub(blk, 192)));
+    // Scales 0..8 (runs 0..4) and 8..16 (runs 4..8) in both 128-bit halves, so one in-lane
+    // shuffle per run picks scale 2i for the low half and 2i + 1 for the high half.
+    let halves = [_mm256_permute2x128_si256::<0x00>(sc16, sc16), _mm256_permute2x128_si256::<0x11>(sc16, sc16)];
     let mut sc = [_mm256_setzero_si256(); 8];
     for (i, sc) in sc.iter_mut().enumerate() {
-        // Scale byte 2i (low half) or 2i + 1 (high half) into the high byte of every i16 lane
-        // (index 0x80 zeroes the low byte), then an arithmetic shift sign-extends it.
-        let pick = |j: usize| _mm_set1_epi16(((j as i16) << 8) | 0x80);
-        let idx = _mm256_set_m128i(pick(2 * i + 1), pick(2 * i));
-        *sc = _mm256_srai_epi16(_mm256_shuffle_epi8(both, idx), 8);
+        let pick = |j: usize| _mm_set1_epi16((((2 * j + 1) as i16) << 8) | (2 * j) as i16);
+        let idx = _mm256_set_m128i(pick((2 * i + 1) % 8), pick((2 * i) % 8));
+        *sc = _mm256_shuffle_epi8(halves[i / 4], idx);
     }
     // The scale is the block's last two bytes.
-    Q6kBlock { x, sc, sc16: _mm256_cvtepi8_epi16(raw), d: lane::<3>(f16x4(blk, 202)) }
+    Q6kBlock { x, sc, sc16, d: lane::<3>(f16x4(blk, 202)) }
 }
 
 /// Fuses one block into a row's accumulator, as the reference does.
