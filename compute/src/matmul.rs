@@ -189,7 +189,22 @@ pub(crate) fn compute_rows(
 ) {
     let rb = w.row_bytes();
     let n_w = chunk.len() / acts.n_rows;
-    for (wr, o) in w.data[r0 * rb..(r0 + n_w) * rb].chunks_exact(rb).zip(chunk.chunks_exact_mut(acts.n_rows)) {
+    let mut rows = &w.data[r0 * rb..(r0 + n_w) * rb];
+    let mut chunk = chunk;
+    // One activation row of Q4_0/IQ4_NL: four weight rows at a time (same bits, see
+    // `Kernels::vec_dot_q4_0_q8_0_x4`), the rest one by one.
+    if acts.n_rows == 1 && matches!(w.ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) {
+        let a = &acts.q8_0[..acts.n_in / 32];
+        let whole = n_w / 4 * 4;
+        for (wr, o) in rows[..whole * rb].chunks_exact(4 * rb).zip(chunk.chunks_exact_mut(4)) {
+            let v =
+                if w.ty == GgmlType::Q4_0 { k.vec_dot_q4_0_q8_0_x4(wr, a) } else { k.vec_dot_iq4_nl_q8_0_x4(wr, a) };
+            o.copy_from_slice(&v);
+        }
+        rows = &rows[whole * rb..];
+        chunk = &mut chunk[whole..];
+    }
+    for (wr, o) in rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(acts.n_rows)) {
         if !dot_rows(k, w.ty, wr, acts, o) {
             for (t, v) in o.iter_mut().enumerate() {
                 *v = dot_row(k, w.ty, wr, acts, t, scratch);

@@ -415,6 +415,37 @@ fn multi_row_dots_match_single_row_dots() {
     }
 }
 
+#[test]
+fn four_weight_row_dots_match_single_row_dots() {
+    // Goal: the four-weight-row decode kernels give each row the bits of the single-row scalar
+    // reference, on every path this CPU runs (scalar included); method: 30 seeds × ragged block
+    // counts, four different weight rows against one activation row.
+    let mut paths = simd_paths();
+    paths.insert(0, Kernels::scalar());
+    for ty in [GgmlType::Q4_0, GgmlType::IQ4_NL] {
+        let mut rng = StdRng::seed_from_u64(777 + ty.id() as u64);
+        for _ in 0..30 {
+            for n_blocks in [1, 2, 3, 4, 5, 7, 18] {
+                let w = random_blocks(&mut rng, ty, 4 * n_blocks);
+                let a = quantize_for(ty, &random_acts(&mut rng, n_blocks * ty.block_size()));
+                let Acts::Q8_0(a8) = &a else { unreachable!("{ty} takes Q8_0 activations") };
+                let rb = w.len() / 4;
+                let want: Vec<f32> = (0..4).map(|r| reference(ty, &w[r * rb..(r + 1) * rb], &a, false)).collect();
+                for &k in &paths {
+                    let got = if ty == GgmlType::Q4_0 {
+                        k.vec_dot_q4_0_q8_0_x4(&w, a8)
+                    } else {
+                        k.vec_dot_iq4_nl_q8_0_x4(&w, a8)
+                    };
+                    for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(g.to_bits(), w.to_bits(), "{} {ty} row {r}, {n_blocks} blocks", k.isa().name());
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Equal bits, or both NaN (NaN payloads are not part of the contract).
 fn same(a: f32, b: f32) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())

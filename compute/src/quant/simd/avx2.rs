@@ -228,6 +228,66 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
     acc
 }
 
+/// The reference's `nibble_blocks_dot` for four weight rows (`$w`: all four, back to back) and
+/// one activation row at once, with the block kernel `$lanes`: the four rows' block sums come
+/// out of one reduction and go through one 4-lane fused multiply-add per block, lane `r` doing
+/// exactly row `r`'s scalar step. A single row's chain of dependent `fma`s (one per 32 values)
+/// is what bounds the one-row kernel; llama.cpp's repacked kernels likewise run rows side by side.
+macro_rules! nibble_blocks_dot_x4 {
+    ($lanes:ident, $w:expr, $a:expr, $table:expr) => {{
+        let (w, a, table): (&[u8], &[BlockQ8_0], __m256i) = ($w, $a, $table);
+        let rb = w.len() / 4;
+        let n = (rb / 18).min(a.len());
+        let rows: [&[u8]; 4] =
+            [&w[..n * 18], &w[rb..rb + n * 18], &w[2 * rb..2 * rb + n * 18], &w[3 * rb..3 * rb + n * 18]];
+        let mut acc = _mm_setzero_ps();
+        for (b, y) in a[..n].iter().enumerate() {
+            let at = 18 * b;
+            let blocks = [&rows[0][at..at + 18], &rows[1][at..at + 18], &rows[2][at..at + 18], &rows[3][at..at + 18]];
+            let s = hsum_i32_x4(
+                $lanes(blocks[0], y, table),
+                $lanes(blocks[1], y, table),
+                $lanes(blocks[2], y, table),
+                $lanes(blocks[3], y, table),
+            );
+            let scale = |blk: &[u8]| i16::from_le_bytes([blk[0], blk[1]]);
+            let d = _mm_cvtph_ps(_mm_setr_epi16(
+                scale(blocks[0]),
+                scale(blocks[1]),
+                scale(blocks[2]),
+                scale(blocks[3]),
+                0,
+                0,
+                0,
+                0,
+            ));
+            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s), _mm_mul_ps(d, _mm_set1_ps(y.d)), acc);
+        }
+        to_array(acc)
+    }};
+}
+pub(super) use nibble_blocks_dot_x4;
+
+/// [`vec_dot_q4_0_q8_0`] of four weight rows (`w`: back to back) with one activation row.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_0_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
+    let table = _mm256_broadcastsi128_si256(_mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7));
+    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, table)
+}
+
+/// [`vec_dot_iq4_nl_q8_0`] of four weight rows (`w`: back to back) with one activation row.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_iq4_nl_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
+    let table = KVALUES_IQ4NL.map(|v| v as u8);
+    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, _mm256_broadcastsi128_si256(load16(&table)))
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -12,8 +12,8 @@ use half::f16;
 
 use super::avx2::{
     f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, in_row_groups,
-    iq1_s_sub_block, lane, load16, load16_i16, load32, load32_i8, nibbles, q4_k_rows, q5_k_rows, q6_k_rows, rows_s,
-    split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
+    iq1_s_sub_block, lane, load16, load16_i16, load32, load32_i8, nibble_blocks_dot_x4, nibbles, q4_k_rows, q5_k_rows,
+    q6_k_rows, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::quant::tables::KVALUES_IQ4NL;
@@ -91,6 +91,26 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
         acc = fuse_tail_nibble_blocks(acc, hsum_i32_x4(l(0), l(1), l(2), z), wr, ar);
     }
     acc
+}
+
+/// `avx2::vec_dot_q4_0_q8_0_x4` with the VNNI block kernel.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_0_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
+    let table = _mm256_broadcastsi128_si256(_mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7));
+    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, table)
+}
+
+/// `avx2::vec_dot_iq4_nl_q8_0_x4` with the VNNI block kernel.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq4_nl_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
+    let table = KVALUES_IQ4NL.map(|v| v as u8);
+    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, _mm256_broadcastsi128_si256(load16(&table)))
 }
 
 /// # Safety

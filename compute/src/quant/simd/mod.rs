@@ -164,6 +164,25 @@ macro_rules! dispatch_rows {
     };
 }
 
+/// Calls the four-weight-row kernel `$f`, or `$single` once per row.
+macro_rules! dispatch_x4 {
+    ($self:ident, $f:ident, $single:ident, ($w:expr, $a:expr)) => {
+        match $self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` holds only an instruction set this CPU supports (see the type's
+            // invariant); the kernel needs nothing else of its caller.
+            Isa::Avx512 => unsafe { avx512::$f($w, $a) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above; AVX2 support was checked when this `Kernels` was made.
+            Isa::Avx2 => unsafe { avx2::$f($w, $a) },
+            _ => {
+                let rb = $w.len() / 4;
+                std::array::from_fn(|r| $self.$single(&$w[r * rb..(r + 1) * rb], $a))
+            }
+        }
+    };
+}
+
 impl Kernels {
     pub fn vec_dot_q4_0_q8_0(self, w: &[u8], a: &[BlockQ8_0]) -> f32 {
         dispatch!(self, vec_dot_q4_0_q8_0, dot::vec_dot_q4_0_q8_0, (w, a))
@@ -196,6 +215,17 @@ impl Kernels {
 
     pub fn vec_dot_q4_k_q8_k(self, w: &[u8], a: &[BlockQ8K]) -> f32 {
         dispatch!(self, vec_dot_q4_k_q8_k, dot::vec_dot_q4_k_q8_k, (w, a))
+    }
+
+    /// Four weight rows (`w`: all four, back to back) · one activation row: the bits of four
+    /// [`Kernels::vec_dot_q4_0_q8_0`] calls, with the rows' block steps run side by side.
+    pub fn vec_dot_q4_0_q8_0_x4(self, w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
+        dispatch_x4!(self, vec_dot_q4_0_q8_0_x4, vec_dot_q4_0_q8_0, (w, a))
+    }
+
+    /// As [`Kernels::vec_dot_q4_0_q8_0_x4`] for [`Kernels::vec_dot_iq4_nl_q8_0`].
+    pub fn vec_dot_iq4_nl_q8_0_x4(self, w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
+        dispatch_x4!(self, vec_dot_iq4_nl_q8_0_x4, vec_dot_iq4_nl_q8_0, (w, a))
     }
 
     pub fn vec_dot_q5_k_q8_k(self, w: &[u8], a: &[BlockQ8K]) -> f32 {
