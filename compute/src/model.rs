@@ -324,9 +324,8 @@ impl Model {
         s.q.resize(n_tok * nq, 0.0);
         s.k.resize(n_tok * nkv, 0.0);
         s.v.resize(n_tok * nkv, 0.0);
-        team.matmul(&self.matrix(&lw.wq), &s.xn, &mut s.q);
-        team.matmul(&self.matrix(&lw.wk), &s.xn, &mut s.k);
-        team.matmul(&self.matrix(&lw.wv), &s.xn, &mut s.v);
+        let qkv = [self.matrix(&lw.wq), self.matrix(&lw.wk), self.matrix(&lw.wv)];
+        team.matmuls(&qkv, &s.xn, &mut [&mut s.q, &mut s.k, &mut s.v]);
         let dbg = self.debug_sums;
         debug_sum(dbg, "attn_norm", il, &s.xn);
         debug_sum(dbg, "Qcur", il, &s.q);
@@ -391,8 +390,7 @@ impl Model {
         }
         s.gate.resize(n_tok * ff, 0.0);
         s.up.resize(n_tok * ff, 0.0);
-        team.matmul(&self.matrix(&lw.gate), &s.xn, &mut s.gate);
-        team.matmul(&self.matrix(&lw.up), &s.xn, &mut s.up);
+        team.matmuls(&[self.matrix(&lw.gate), self.matrix(&lw.up)], &s.xn, &mut [&mut s.gate, &mut s.up]);
         debug_sum(dbg, "ffn_norm", il, &s.xn);
         debug_sum(dbg, "ffn_gate", il, &s.gate);
         debug_sum(dbg, "ffn_up", il, &s.up);

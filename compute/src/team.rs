@@ -46,12 +46,33 @@ struct HelperOut {
     values: Vec<f32>,
 }
 
-/// One matrix product.
+/// Most matrices one product takes (Q, K and V).
+pub const MAX_GROUP: usize = 3;
+
+/// One product: up to [`MAX_GROUP`] matrices of the same input, their rows numbered one after
+/// another (matrix `i`'s row `r` is row `starts[i] + r`).
 #[derive(Clone)]
 struct Job<'m> {
-    w: QMatrix<'m>,
+    ws: [Option<QMatrix<'m>>; MAX_GROUP],
+    starts: [usize; MAX_GROUP],
     k: Kernels,
     progress: Arc<Progress>,
+}
+
+impl Job<'_> {
+    /// Rows `r0..r0 + n` of the group (`out`: their values, weight row by weight row), matrix
+    /// by matrix; each row is computed exactly as a product of its matrix alone computes it.
+    fn compute(&self, acts: &QuantizedActs, r0: usize, n: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
+        let n_rows = acts.n_rows();
+        for (w, &start) in self.ws.iter().zip(&self.starts) {
+            let Some(w) = w else { break };
+            let (lo, hi) = (r0.max(start), (r0 + n).min(start + w.n_out));
+            if lo < hi {
+                let at = (lo - r0) * n_rows;
+                compute_rows(self.k, w, acts, lo - start, &mut out[at..at + (hi - lo) * n_rows], scratch);
+            }
+        }
+    }
 }
 
 /// Who has claimed and finished which rows of one product. A fresh (or reused) value per
@@ -203,7 +224,7 @@ fn helper(s: &Shared<'_, '_>, h: usize) {
             let at = o.values.len();
             o.values.resize(at + n * acts.n_rows(), 0.0);
             let mut scratch = Vec::new();
-            compute_rows(job.k, &job.w, acts, r0, &mut o.values[at..], &mut scratch);
+            job.compute(acts, r0, n, &mut o.values[at..], &mut scratch);
         });
     }
 }
@@ -287,28 +308,63 @@ impl<'m> Team<'m, '_> {
 
     /// `out[t][r] = Σ_k w[r][k] · x[t][k]`, as [`crate::matmul::matmul`], on the team.
     pub fn matmul(&mut self, w: &QMatrix<'m>, x: &[f32], out: &mut [f32]) {
+        self.product(&[*w], x, &mut [out]);
+    }
+
+    /// [`Team::matmul`] of each matrix of `ws` with the same `x` into the `outs` in order, as
+    /// one product when they take the same activation format (one quantization, one hand-off
+    /// to the helpers and one wait instead of one per matrix), else one by one. The results
+    /// are those of separate calls, bit for bit.
+    pub fn matmuls(&mut self, ws: &[QMatrix<'m>], x: &[f32], outs: &mut [&mut [f32]]) {
+        assert_eq!(ws.len(), outs.len(), "one output per matrix");
+        let same = ws.windows(2).all(|p| p[0].n_in == p[1].n_in && vec_dot_type(p[0].ty) == vec_dot_type(p[1].ty));
+        if same {
+            for (ws, outs) in ws.chunks(MAX_GROUP).zip(outs.chunks_mut(MAX_GROUP)) {
+                self.product(ws, x, outs);
+            }
+        } else {
+            for (w, out) in ws.iter().zip(outs) {
+                self.product(std::slice::from_ref(w), x, std::slice::from_mut(out));
+            }
+        }
+    }
+
+    /// One product of 1..=[`MAX_GROUP`] matrices with the same input length and activation
+    /// format.
+    fn product(&mut self, ws: &[QMatrix<'m>], x: &[f32], outs: &mut [&mut [f32]]) {
         let s = self.shared;
-        let n_rows = x.len() / w.n_in;
-        assert_eq!(x.len(), n_rows * w.n_in, "activation length is not a multiple of the row length");
-        assert_eq!(out.len(), n_rows * w.n_out, "output has the wrong length");
-        assert!(w.n_out < 1 << FRONT, "too many rows for the work split");
+        let (Some(w0), true) = (ws.first(), ws.len() <= MAX_GROUP) else {
+            panic!("a product takes 1 to {MAX_GROUP} matrices, not {}", ws.len())
+        };
+        let n_rows = x.len() / w0.n_in;
+        assert_eq!(x.len(), n_rows * w0.n_in, "activation length is not a multiple of the row length");
+        let mut group = [None; MAX_GROUP];
+        let mut starts = [0; MAX_GROUP];
+        let mut n_out = 0;
+        for (i, (w, out)) in ws.iter().zip(outs.iter()).enumerate() {
+            assert_eq!(out.len(), n_rows * w.n_out, "output has the wrong length");
+            (group[i], starts[i]) = (Some(*w), n_out);
+            n_out += w.n_out;
+        }
+        assert!(n_out < 1 << FRONT, "too many rows for the work split");
         // Helpers wake the thread that made the team; only it may wait here.
         assert_eq!(std::thread::current().id(), s.caller.id(), "a team is driven by the thread that made it");
         let k = Kernels::active();
-        s.acts.write().unwrap_or_else(PoisonError::into_inner).quantize(k, vec_dot_type(w.ty), x, w.n_in);
+        s.acts.write().unwrap_or_else(PoisonError::into_inner).quantize(k, vec_dot_type(w0.ty), x, w0.n_in);
         let epoch = s.epoch.load(Ordering::Relaxed) + 1;
-        let job = self.next_progress(epoch, w.n_out);
-        *lock(&s.job) = Some(Job { w: *w, k, progress: job.clone() });
+        let progress = self.next_progress(epoch, n_out);
+        let job = Job { ws: group, starts, k, progress: progress.clone() };
+        *lock(&s.job) = Some(job.clone());
         s.resting.store(false, Ordering::Relaxed);
         s.publish();
 
-        self.own.resize(n_rows * w.n_out, 0.0);
+        self.own.resize(n_rows * n_out, 0.0);
         let own = &mut *self.own;
         let mut scratch = Vec::new();
-        work(s, &job, 0, |r0, n, acts| {
-            compute_rows(k, w, acts, r0, &mut own[r0 * n_rows..(r0 + n) * n_rows], &mut scratch);
+        work(s, &progress, 0, |r0, n, acts| {
+            job.compute(acts, r0, n, &mut own[r0 * n_rows..(r0 + n) * n_rows], &mut scratch);
         });
-        wait_until(CALLER_SPIN, &s.caller_parked, || job.rows_done.load(Ordering::SeqCst) == w.n_out, || false);
+        wait_until(CALLER_SPIN, &s.caller_parked, || progress.rows_done.load(Ordering::SeqCst) == n_out, || false);
         for out_h in s.helper_out {
             let out_h = lock(out_h);
             if out_h.epoch != epoch {
@@ -321,12 +377,15 @@ impl<'m> Team<'m, '_> {
                 at += len;
             }
         }
-        if n_rows == 1 {
-            out.copy_from_slice(own);
-        } else {
-            transpose_rows(own, n_rows, out);
+        for ((w, &start), out) in ws.iter().zip(&starts).zip(outs.iter_mut()) {
+            let mine = &own[start * n_rows..(start + w.n_out) * n_rows];
+            if n_rows == 1 {
+                out.copy_from_slice(mine);
+            } else {
+                transpose_rows(mine, n_rows, out);
+            }
         }
-        drop(job);
+        drop((job, progress));
         *self.spare = lock(&s.job).take().map(|j| j.progress);
     }
 
@@ -363,6 +422,65 @@ mod tests {
     use super::*;
     use crate::matmul::matmul;
     use crate::quant::synthetic::xorshift_bytes as bytes;
+
+    /// `n_out` rows of random `ty` blocks with small finite f16 scales.
+    fn random_weights(ty: GgmlType, n_in: usize, n_out: usize, seed: u64) -> Vec<u8> {
+        let mut data = bytes(ty.row_bytes(n_in as u64).unwrap() as usize * n_out, seed);
+        crate::quant::synthetic::set_f16_scales(ty, &mut data, |old| {
+            half::f16::from_f32(0.01 + (old & 0xff) as f32 / 5000.0)
+        });
+        data
+    }
+
+    #[test]
+    fn grouped_products_equal_separate_products_bit_for_bit() {
+        // Goal: `matmuls` gives every matrix exactly the rayon product's bits, whether the group
+        // runs as one product (same activation format) or falls back to one by one, and its
+        // rows crossing matrix edges land in the right outputs; method: groups of 1–4 matrices
+        // with ragged row counts (Q4_0 and IQ4_NL share Q8_0 activations, Q4_1 does not),
+        // 1–3 threads, 1–3 activation rows.
+        use GgmlType::*;
+        let n_in = 64;
+        let groups: [&[(GgmlType, usize)]; 4] = [
+            &[(Q4_0, 37), (IQ4_NL, 8), (Q8_0, 21)],
+            &[(IQ4_NL, 5), (Q4_0, 64)],
+            &[(Q4_0, 9), (Q4_1, 18), (Q8_0, 3)],
+            &[(Q8_0, 16), (Q8_0, 7), (Q4_0, 30), (IQ4_NL, 17)],
+        ];
+        let mut bufs = TeamBuffers::default();
+        for (g, group) in groups.into_iter().enumerate() {
+            let datas: Vec<Vec<u8>> = group
+                .iter()
+                .enumerate()
+                .map(|(i, &(ty, n))| random_weights(ty, n_in, n, 31 * g as u64 + i as u64))
+                .collect();
+            let ws: Vec<QMatrix> =
+                group.iter().zip(&datas).map(|(&(ty, n), d)| QMatrix::new("w", ty, n_in, n, d).unwrap()).collect();
+            for n_rows in 1..=3 {
+                for n_threads in 1..=3 {
+                    let x: Vec<f32> =
+                        bytes(n_rows * n_in, 5 + g as u64).iter().map(|&b| (b as f32 - 128.0) / 23.0).collect();
+                    let want: Vec<Vec<f32>> = ws
+                        .iter()
+                        .map(|w| {
+                            let mut out = vec![0.0; n_rows * w.n_out];
+                            matmul(w, &x, &mut out, &mut QuantizedActs::default(), &mut Vec::new());
+                            out
+                        })
+                        .collect();
+                    let mut got: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; n_rows * w.n_out]).collect();
+                    with_team(n_threads, &mut bufs, |team| {
+                        let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|v| v.as_mut_slice()).collect();
+                        team.matmuls(&ws, &x, &mut outs);
+                    });
+                    for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                        let same = got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "group {g} matrix {i}: {n_rows} rows, {n_threads} threads");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn team_matmul_equals_pool_matmul_bit_for_bit() {
