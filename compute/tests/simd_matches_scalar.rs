@@ -167,12 +167,13 @@ fn check_dot(k: Kernels, ty: GgmlType, w: &[u8], a: &Acts, what: &str) {
 
 #[test]
 fn dots_match_scalar_on_random_blocks() {
-    // Goal: every SIMD dot equals the scalar one bit for bit; method: 40 seeds × 1..=13 blocks.
+    // Goal: every SIMD dot equals the scalar one bit for bit; method: 40 seeds × 1..=13 blocks,
+    // and 74 blocks (an 18944-wide row: the long-row path with weight prefetches).
     for k in simd_paths() {
         for ty in TYPES {
             for seed in 0..40u64 {
                 let mut rng = StdRng::seed_from_u64(seed * 1000 + ty.id() as u64);
-                for n_blocks in 1..=13 {
+                for n_blocks in (1..=13).chain([74]) {
                     let w = random_blocks(&mut rng, ty, n_blocks);
                     let x = random_acts(&mut rng, n_blocks * ty.block_size());
                     check_dot(k, ty, &w, &quantize_for(ty, &x), &format!("seed {seed}, {n_blocks} blocks"));
