@@ -136,15 +136,19 @@ pub unsafe fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc1 = 0.0f32;
     for (blk, y) in w.chunks_exact(50).zip(a) {
         let mut lanes = _mm256_setzero_si256();
-        let mut sumi1 = 0i32;
+        let mut ls_delta = [0i16; 16];
         for ib in 0..8 {
             let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
             // Grid values are -1, 0 or 1: `sign` is the exact product, and the sub-block scale
             // (odd, ≤ 15) is the unsigned operand.
             let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
             lanes = _mm256_dpbusd_epi32(lanes, _mm256_set1_epi8(ls as i8), prod);
-            sumi1 += ls * delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);
+            ls_delta[2 * ib] = (ls * delta) as i16;
+            ls_delta[2 * ib + 1] = (ls * delta) as i16;
         }
+        // Σ ls·delta·(16-element sums) as one `madd` (|ls·delta| ≤ 15, sums ≤ 2032: exact), as
+        // in the multi-row kernel.
+        let sumi1 = hsum_i32(_mm256_madd_epi16(load16_i16(&y.bsums), load16_i16(&ls_delta)));
         let d = y.d * f16_at(blk, 0);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
         acc1 = d.mul_add(sumi1 as f32, acc1);
