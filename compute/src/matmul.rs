@@ -276,15 +276,7 @@ pub(crate) fn transpose_rows(by_weight_row: &[f32], n_rows: usize, out: &mut [f3
 mod tests {
     use super::*;
     use crate::quant::dequant::dequantize_row;
-    use crate::quant::synthetic::{set_f16_scales, xorshift_bytes};
-
-    /// Random blocks of `ty` whose f16 scale fields are small finite numbers.
-    fn random_row(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
-        let mut b = xorshift_bytes(ty.row_bytes(n as u64).unwrap() as usize, seed);
-        // 0.01 plus a little of the field's old low byte, so scales differ between blocks.
-        set_f16_scales(ty, &mut b, |old| half::f16::from_f32(0.01 + (old & 0xff) as f32 / 5000.0));
-        b
-    }
+    use crate::quant::synthetic::{random_blocks_varied, xorshift_bytes};
 
     /// The activations as the kernel sees them after quantization, in f32.
     fn dequantized_acts(acts: &QuantizedActs, n: usize) -> Vec<f64> {
@@ -324,7 +316,7 @@ mod tests {
         let n = 512;
         for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q4_K, Q5_K, Q6_K, IQ1_S] {
             for seed in 1..4u64 {
-                let w = random_row(ty, n, seed * 7919 + ty.id() as u64);
+                let w = random_blocks_varied(ty, n, seed * 7919 + ty.id() as u64);
                 let x: Vec<f32> = xorshift_bytes(n, seed).iter().map(|&b| (b as f32 - 128.0) / 37.0).collect();
                 let mut acts = QuantizedActs::default();
                 acts.quantize(Kernels::scalar(), vec_dot_type(ty), &x, n);

@@ -370,8 +370,7 @@ impl<'m> Team<'m, '_> {
         let k = Kernels::active();
         s.acts.write().unwrap_or_else(PoisonError::into_inner).quantize(k, vec_dot_type(w0.ty), x, w0.n_in);
         let epoch = s.epoch.load(Ordering::Relaxed) + 1;
-        let progress = self.next_progress(epoch, n_out);
-        let job = Job { ws: group, starts, k, progress: progress.clone() };
+        let job = Job { ws: group, starts, k, progress: self.next_progress(epoch, n_out) };
         *lock(&s.job) = Some(job.clone());
         s.resting.store(false, Ordering::Relaxed);
         s.publish();
@@ -379,10 +378,10 @@ impl<'m> Team<'m, '_> {
         self.own.resize(n_rows * n_out, 0.0);
         let own = &mut *self.own;
         let mut scratch = Vec::new();
-        work(s, &progress, 0, |r0, n, acts| {
+        work(s, &job.progress, 0, |r0, n, acts| {
             job.compute(acts, r0, n, &mut own[r0 * n_rows..(r0 + n) * n_rows], &mut scratch);
         });
-        wait_until(CALLER_SPIN, &s.caller_parked, || progress.rows_done.load(Ordering::SeqCst) == n_out, || false);
+        wait_until(CALLER_SPIN, &s.caller_parked, || job.progress.rows_done.load(Ordering::SeqCst) == n_out, || false);
         for out_h in s.helper_out {
             let out_h = lock(out_h);
             if out_h.epoch != epoch {
@@ -403,7 +402,7 @@ impl<'m> Team<'m, '_> {
                 transpose_rows(mine, n_rows, out);
             }
         }
-        drop((job, progress));
+        drop(job);
         *self.spare = lock(&s.job).take().map(|j| j.progress);
     }
 
@@ -439,16 +438,7 @@ mod tests {
 
     use super::*;
     use crate::matmul::matmul;
-    use crate::quant::synthetic::xorshift_bytes as bytes;
-
-    /// `n_out` rows of random `ty` blocks with small finite f16 scales.
-    fn random_weights(ty: GgmlType, n_in: usize, n_out: usize, seed: u64) -> Vec<u8> {
-        let mut data = bytes(ty.row_bytes(n_in as u64).unwrap() as usize * n_out, seed);
-        crate::quant::synthetic::set_f16_scales(ty, &mut data, |old| {
-            half::f16::from_f32(0.01 + (old & 0xff) as f32 / 5000.0)
-        });
-        data
-    }
+    use crate::quant::synthetic::{random_blocks_varied, xorshift_bytes as bytes};
 
     #[test]
     fn grouped_products_equal_separate_products_bit_for_bit() {
@@ -470,7 +460,7 @@ mod tests {
             let datas: Vec<Vec<u8>> = group
                 .iter()
                 .enumerate()
-                .map(|(i, &(ty, n))| random_weights(ty, n_in, n, 31 * g as u64 + i as u64))
+                .map(|(i, &(ty, n))| random_blocks_varied(ty, n_in * n, 31 * g as u64 + i as u64))
                 .collect();
             let ws: Vec<QMatrix> =
                 group.iter().zip(&datas).map(|(&(ty, n), d)| QMatrix::new("w", ty, n_in, n, d).unwrap()).collect();

@@ -249,12 +249,12 @@ pub fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
 
 /// Q5_K (176-byte blocks: f16 d, f16 dmin, 12 scale bytes, 32 high-bit bytes, 128 nibble bytes) · Q8_K.
 pub fn vec_dot_q5_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    w.chunks_exact(176).zip(a).map(|(blk, y)| k_block_dot(&blk[..16], Some(&blk[16..48]), &blk[48..176], y)).sum()
+    w.chunks_exact(176).zip(a).map(|(blk, y)| q5k_block_dot(&blk[..16], &blk[16..48], &blk[48..176], y)).sum()
 }
 
-/// One Q4_K or Q5_K super-block (`head` = f16 d, f16 dmin, 12 scale bytes; `qh` = the Q5_K
-/// fifth bits) against its Q8_K activations: eight 32-element sub-blocks with 6-bit scales/mins.
-fn k_block_dot(head: &[u8], qh: Option<&[u8]>, qs: &[u8], y: &BlockQ8K) -> f32 {
+/// One Q5_K super-block (`head` = f16 d, f16 dmin, 12 scale bytes; `qh` = the fifth bits)
+/// against its Q8_K activations: eight 32-element sub-blocks with 6-bit scales/mins.
+fn q5k_block_dot(head: &[u8], qh: &[u8], qs: &[u8], y: &BlockQ8K) -> f32 {
     let d = y.d * f16_at(head, 0);
     let dmin = y.d * f16_at(head, 2);
     let scales = &head[4..16];
@@ -267,7 +267,7 @@ fn k_block_dot(head: &[u8], qh: Option<&[u8]>, qs: &[u8], y: &BlockQ8K) -> f32 {
         let q8 = &y.qs[j * 32..j * 32 + 32];
         let s: i32 = (0..32)
             .map(|l| {
-                let high = qh.map_or(0, |h| ((h[l] >> j) & 1) << 4);
+                let high = ((qh[l] >> j) & 1) << 4;
                 (((q[l] >> shift) & 0x0F) | high) as i32 * q8[l] as i32
             })
             .sum();

@@ -57,3 +57,12 @@ pub fn random_matrix(ty: GgmlType, n_in: usize, n_out: usize, seed: u64) -> Opti
     }
     Some(v)
 }
+
+/// `n` elements of random `ty` blocks whose f16 scale fields are small finite numbers that
+/// differ between blocks (0.01 plus a little of the field's old low byte): test inputs.
+#[cfg(test)]
+pub(crate) fn random_blocks_varied(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
+    let mut b = xorshift_bytes(ty.row_bytes(n as u64).expect("whole blocks") as usize, seed);
+    set_f16_scales(ty, &mut b, |old| f16::from_f32(0.01 + (old & 0xff) as f32 / 5000.0));
+    b
+}

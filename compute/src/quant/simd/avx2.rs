@@ -274,8 +274,7 @@ pub(super) use nibble_blocks_dot_x4;
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_0_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
-    let table = _mm256_broadcastsi128_si256(_mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7));
-    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, table)
+    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, _mm256_broadcastsi128_si256(q4_0_values()))
 }
 
 /// [`vec_dot_iq4_nl_q8_0`] of four weight rows (`w`: back to back) with one activation row.
@@ -284,23 +283,35 @@ pub unsafe fn vec_dot_q4_0_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_iq4_nl_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
-    let table = KVALUES_IQ4NL.map(|v| v as u8);
-    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, _mm256_broadcastsi128_si256(load16(&table)))
+    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, _mm256_broadcastsi128_si256(iq4_nl_values()))
+}
+
+/// The sixteen Q4_0 values (nibble − 8), as a `pshufb` table.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q4_0_values() -> __m128i {
+    _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7)
+}
+
+/// The sixteen IQ4_NL values, as a `pshufb` table.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn iq4_nl_values() -> __m128i {
+    load16(&KVALUES_IQ4NL.map(|v| v as u8))
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
-    nibble_blocks_dot(w, a, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+    nibble_blocks_dot(w, a, q4_0_values())
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
-    let table = KVALUES_IQ4NL.map(|v| v as u8);
-    nibble_blocks_dot(w, a, load16(&table))
+    nibble_blocks_dot(w, a, iq4_nl_values())
 }
 
 /// # Safety
@@ -496,16 +507,16 @@ fn prefetch_weights(blk: &[u8]) {
 
 /// One Q4_K super-block unpacked: sub-block `j`'s 32 values, its scale in every i16 lane, the
 /// eight mins as i16 pairs (lane `i` pairs with the activations' `bsums[i]`), and `d`, `dmin`.
-pub(super) struct Q4kBlock {
-    pub(super) x: [__m256i; 8],
-    pub(super) sc: [__m256i; 8],
-    pub(super) mins: __m256i,
-    pub(super) dm: __m128,
+struct Q4kBlock {
+    x: [__m256i; 8],
+    sc: [__m256i; 8],
+    mins: __m256i,
+    dm: __m128,
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4k_unpack(blk: &[u8; 144]) -> Q4kBlock {
+fn q4k_unpack(blk: &[u8; 144]) -> Q4kBlock {
     let (sc, m) = scales_mins_k4(sub(blk, 4));
     let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(sc))));
     let m8 = _mm_cvtsi64_si128(i64::from_le_bytes(m));
@@ -529,7 +540,7 @@ pub(super) fn q4k_unpack(blk: &[u8; 144]) -> Q4kBlock {
 /// activation sum.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4k_fuse(b: &Q4kBlock, y: &BlockQ8K, acc: &mut __m256, acc_min: &mut __m256) {
+fn q4k_fuse(b: &Q4kBlock, y: &BlockQ8K, acc: &mut __m256, acc_min: &mut __m256) {
     let mut lanes = _mm256_setzero_si256();
     for j in 0..8 {
         // 4-bit values × |activations| ≤ 128: pair sums ≤ 3840; × 6-bit scales fits i32.
@@ -575,7 +586,7 @@ pub unsafe fn vec_dot_q5_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
 /// One Q6_K super-block unpacked: run `i`'s 32 values (unsigned, 0..64), the scales of its two
 /// 16-element groups as i16 (the first in the low eight lanes), all sixteen scales as i16 (for
 /// the offset), and `d`.
-pub(super) struct Q6kBlock {
+struct Q6kBlock {
     x: [__m256i; 8],
     sc: [__m256i; 8],
     sc16: __m256i,
@@ -584,7 +595,7 @@ pub(super) struct Q6kBlock {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6k_unpack(blk: &[u8; 210]) -> Q6kBlock {
+fn q6k_unpack(blk: &[u8; 210]) -> Q6kBlock {
     let low = _mm256_set1_epi8(0x0F);
     let mask = |m: i8| _mm256_set1_epi8(m);
     let mut x = [_mm256_setzero_si256(); 8];
@@ -622,7 +633,7 @@ pub(super) fn q6k_unpack(blk: &[u8; 210]) -> Q6kBlock {
 /// Fuses one block into a row's accumulator, as the reference does.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6k_fuse(b: &Q6kBlock, y: &BlockQ8K, acc: &mut __m256) {
+fn q6k_fuse(b: &Q6kBlock, y: &BlockQ8K, acc: &mut __m256) {
     let mut lanes = _mm256_setzero_si256();
     for i in 0..8 {
         // 6-bit values × |activations| ≤ 128: pair sums ≤ 16128.
@@ -834,13 +845,13 @@ fn nibble_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_0_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
-    nibble_rows::<R>(w, a, nb, out, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+    nibble_rows::<R>(w, a, nb, out, q4_0_values())
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn iq4_nl_rows<const R: usize>(w: &[u8], a: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
-    nibble_rows::<R>(w, a, nb, out, load16(&KVALUES_IQ4NL.map(|v| v as u8)))
+    nibble_rows::<R>(w, a, nb, out, iq4_nl_values())
 }
 
 /// # Safety

@@ -12,11 +12,10 @@ use half::f16;
 
 use super::avx2::{
     f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, in_row_groups,
-    iq1_s_sub_block, lane, load16, load16_i16, load32, load32_i8, nibble_blocks_dot_x4, nibbles, q4_k_rows, q5_k_rows,
-    q6_k_rows, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
+    iq1_s_sub_block, iq4_nl_values, lane, load16_i16, load32, load32_i8, nibble_blocks_dot_x4, nibbles, q4_0_values,
+    q4_k_rows, q5_k_rows, q6_k_rows, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use crate::quant::tables::KVALUES_IQ4NL;
 
 pub use super::avx2::{
     f16_axpy, f16_scale, f32_axpy_f16, quantize_q8_0, quantize_q8_1, quantize_q8_k, vec_dot_q2_k_q8_k,
@@ -99,8 +98,7 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q4_0_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
-    let table = _mm256_broadcastsi128_si256(_mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7));
-    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, table)
+    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, _mm256_broadcastsi128_si256(q4_0_values()))
 }
 
 /// `avx2::vec_dot_iq4_nl_q8_0_x4` with the VNNI block kernel.
@@ -109,23 +107,21 @@ pub unsafe fn vec_dot_q4_0_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_iq4_nl_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
-    let table = KVALUES_IQ4NL.map(|v| v as u8);
-    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, _mm256_broadcastsi128_si256(load16(&table)))
+    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, _mm256_broadcastsi128_si256(iq4_nl_values()))
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
-    nibble_blocks_dot(w, a, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+    nibble_blocks_dot(w, a, q4_0_values())
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
-    let table = KVALUES_IQ4NL.map(|v| v as u8);
-    nibble_blocks_dot(w, a, load16(&table))
+    nibble_blocks_dot(w, a, iq4_nl_values())
 }
 
 /// # Safety
@@ -344,14 +340,14 @@ fn nibble_rows_all(w: &[u8], a: &[BlockQ8_0], out: &mut [f32], table: __m128i) {
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q4_0_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
-    nibble_rows_all(w, a, out, _mm_setr_epi8(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+    nibble_rows_all(w, a, out, q4_0_values())
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_iq4_nl_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
-    nibble_rows_all(w, a, out, load16(&KVALUES_IQ4NL.map(|v| v as u8)))
+    nibble_rows_all(w, a, out, iq4_nl_values())
 }
 
 /// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once,
@@ -399,6 +395,9 @@ pub unsafe fn vec_dot_iq1_s_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32])
     in_row_groups!(iq1_s_rows, w, a, out)
 }
 
+/// The AVX2 multi-row K-quant kernels, compiled here with all 32 vector registers: the unpacked
+/// super-block stays in registers across the rows.
+///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -406,9 +405,6 @@ pub unsafe fn vec_dot_q4_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) 
     in_row_groups!(q4_k_rows, w, a, out)
 }
 
-/// The AVX2 multi-row K-quant kernels, compiled here with all 32 vector registers: the unpacked
-/// super-block stays in registers across the rows.
-///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
