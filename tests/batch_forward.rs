@@ -1,24 +1,33 @@
 //! `Model::forward_batch_on`: rows of several sequences in one pass give, bit for bit, what each
-//! sequence gives alone (prefill rows and decode rows alike), on the real SmolLM2 model.
+//! sequence gives alone (prefill rows and decode rows alike), on the real SmolLM2 models: the
+//! Q4_1 file and the IQ1_S mix, whose IQ1_S weights take llama.cpp's tiled-GEMM order for a
+//! sequence's run of 8+ rows and the vector-dot order for shorter runs in the same pass.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use prima::compute::matmul::TILED_GEMM_MIN_ROWS;
 use prima::compute::{LoadSpec, Model, Scratch};
 use prima::gguf::{GgufFile, Tokenizer};
 
 #[test]
 fn several_sequences_in_one_pass_match_each_alone() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    check(&root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    check(&root.join("../shared/models/smollm2-135m-iq1_s.gguf"));
+}
+
+fn check(path: &Path) {
     assert!(path.exists(), "{} is missing: run scripts/fetch-model.sh", path.display());
-    let file = Arc::new(GgufFile::open(&path).unwrap());
+    let file = Arc::new(GgufFile::open(path).unwrap());
     let n_layer = prima::compute::HParams::from_metadata(file.metadata()).unwrap().n_layer;
     let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
     let model = Model::load(file, LoadSpec::full(n_layer)).unwrap();
-    let prompts: Vec<Vec<u32>> = ["The capital of France is", "Once upon a time there was", "1, 2, 3"]
-        .iter()
-        .map(|t| tok.encode(t, true, true))
-        .collect();
+    let prompts: Vec<Vec<u32>> =
+        ["The capital of France is", "Once upon a time there was a girl who lived by the sea with her", "1, 2, 3"]
+            .iter()
+            .map(|t| tok.encode(t, true, true))
+            .collect();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     pool.install(|| {
         let mut s = Scratch::default();
@@ -58,12 +67,15 @@ fn several_sequences_in_one_pass_match_each_alone() {
                 model.forward_batch_on(team, 0..n_layer, &mut d, &dpos, Some(&[0, 1, 2]), &mut kvs, s)
             })
             .unwrap();
+        assert!(prompts.iter().any(|p| p.len() >= TILED_GEMM_MIN_ROWS), "no run of 8+ rows");
+        assert!(prompts.iter().any(|p| p.len() < TILED_GEMM_MIN_ROWS), "no short run");
         let e = model.hp.n_embd;
         let mut row = 0;
         for (i, p) in prompts.iter().enumerate() {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&h[row * e..(row + p.len()) * e]), bits(&alone[i].0), "prompt {i}");
-            assert_eq!(bits(&d[i * e..(i + 1) * e]), bits(&alone[i].1), "decode row {i}");
+            let name = path.display();
+            assert_eq!(bits(&h[row * e..(row + p.len()) * e]), bits(&alone[i].0), "{name}: prompt {i}");
+            assert_eq!(bits(&d[i * e..(i + 1) * e]), bits(&alone[i].1), "{name}: decode row {i}");
             row += p.len();
         }
         // A slot that does not exist is an error, not a panic.

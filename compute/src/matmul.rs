@@ -83,12 +83,46 @@ pub struct QuantizedActs {
     tmp0: Vec<BlockQ8_0>,
     tmp1: Vec<BlockQ8_1>,
     tmpk: Vec<BlockQ8K>,
+    /// Per activation row: its index within its sequence's run of rows and the run's length
+    /// (see [`QuantizedActs::set_runs`]). Empty: the whole batch is one run.
+    runs: Vec<(usize, usize)>,
 }
+
+/// Rows of one sequence in one product from which llama.cpp's CPU backend multiplies IQ1_S (and
+/// other K- and I-quant) weights with its tiled GEMM (`ggml-cpu/tiled`, `src1->ne[1] >= 8`).
+pub const TILED_GEMM_MIN_ROWS: usize = 8;
 
 impl QuantizedActs {
     /// Activation rows held.
     pub fn n_rows(&self) -> usize {
         self.n_rows
+    }
+
+    /// Splits the activation rows of the next products into runs of `lengths` rows (in order),
+    /// each run one sequence's rows, computed as if that sequence's rows were the whole batch:
+    /// where llama.cpp's kernel order depends on the batch (IQ1_S in its tiled-GEMM order for
+    /// runs of [`TILED_GEMM_MIN_ROWS`]+ rows; Q2_K rows in groups of four), each run decides
+    /// for its own rows. Kept across [`QuantizedActs::quantize`]; ignored when the lengths do not
+    /// add up to the row count; empty: the batch is one run.
+    pub fn set_runs(&mut self, lengths: &[usize]) {
+        self.runs.clear();
+        for &n in lengths {
+            self.runs.extend((0..n).map(|i| (i, n)));
+        }
+    }
+
+    /// Row `t`'s index within its run and the run's length.
+    fn run_of(&self, t: usize) -> (usize, usize) {
+        if self.runs.len() == self.n_rows {
+            self.runs[t]
+        } else {
+            (t, self.n_rows)
+        }
+    }
+
+    /// Whether IQ1_S weights take llama.cpp's tiled-GEMM order for row `t`.
+    fn tiled(&self, t: usize) -> bool {
+        self.run_of(t).1 >= TILED_GEMM_MIN_ROWS
     }
 
     /// Quantizes `x` (`n_rows` rows of `n_in`) to `kind` with kernels `k`.
@@ -129,7 +163,8 @@ impl QuantizedActs {
 /// Dot product of weight row `w` (type `ty`) with activation row `t` of `acts`.
 fn dot_row(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, scratch: &mut Vec<f32>) -> f32 {
     // llama.cpp's repacked kernels take activation rows four at a time, the rest one by one.
-    let in_group_of_four = t < acts.n_rows - acts.n_rows % 4;
+    let (i, run) = acts.run_of(t);
+    let in_group_of_four = i < run - run % 4;
     use GgmlType::*;
     let n = acts.n_in;
     match acts.kind {
@@ -158,6 +193,7 @@ fn dot_row(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, s
                 Q4_K => k.vec_dot_q4_k_q8_k(w, a),
                 Q5_K => k.vec_dot_q5_k_q8_k(w, a),
                 Q6_K => k.vec_dot_q6_k_q8_k(w, a),
+                IQ1_S if acts.tiled(t) => k.vec_dot_iq1_s_q8_k_tiled(w, a),
                 IQ1_S => k.vec_dot_iq1_s_q8_k(w, a),
                 _ => unreachable!("{ty} is not multiplied with Q8_K"),
             }
@@ -227,7 +263,22 @@ fn dot_rows(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, out: &mut 
         (Some(VecDotType::Q8_0), Q8_0) => k.vec_dot_q8_0_q8_0_rows(w, &acts.q8_0[..n / 32], out),
         (Some(VecDotType::Q8_0), Q4_0) => k.vec_dot_q4_0_q8_0_rows(w, &acts.q8_0[..n / 32], out),
         (Some(VecDotType::Q8_0), IQ4_NL) => k.vec_dot_iq4_nl_q8_0_rows(w, &acts.q8_0[..n / 32], out),
-        (Some(VecDotType::Q8K), IQ1_S) => k.vec_dot_iq1_s_q8_k_rows(w, &acts.q8k[..n / 256], out),
+        (Some(VecDotType::Q8K), IQ1_S) => {
+            // Consecutive rows of the same order through one kernel call.
+            let nb = acts.n_in / 256;
+            let mut t0 = 0;
+            while t0 < acts.n_rows {
+                let tiled = acts.tiled(t0);
+                let t1 = (t0..acts.n_rows).find(|&t| acts.tiled(t) != tiled).unwrap_or(acts.n_rows);
+                let (a, o) = (&acts.q8k[t0 * nb..t1 * nb], &mut out[t0..t1]);
+                if tiled {
+                    k.vec_dot_iq1_s_q8_k_tiled_rows(w, a, o);
+                } else {
+                    k.vec_dot_iq1_s_q8_k_rows(w, a, o);
+                }
+                t0 = t1;
+            }
+        }
         (Some(VecDotType::Q8K), Q4_K) => k.vec_dot_q4_k_q8_k_rows(w, &acts.q8k[..n / 256], out),
         (Some(VecDotType::Q8K), Q5_K) => k.vec_dot_q5_k_q8_k_rows(w, &acts.q8k[..n / 256], out),
         (Some(VecDotType::Q8K), Q6_K) => k.vec_dot_q6_k_q8_k_rows(w, &acts.q8k[..n / 256], out),

@@ -291,11 +291,32 @@ impl Model {
                 return Err(Error::ContextFull { n_ctx });
             }
         }
-        for il in layers {
-            let lw = self.layer(il).ok_or(Error::NotLoaded("layer"))?;
-            self.forward_layer(il, lw, hidden, positions, slots, kvs, s, team)?;
+        // Where llama.cpp's kernel order depends on the batch, each sequence's rows take the
+        // order of its own run (see `QuantizedActs::set_runs`).
+        s.runs.clear();
+        let mut t0 = 0;
+        while t0 < n_tok {
+            let slot = |t: usize| slots.map_or(0, |sl| sl[t]);
+            let t1 = (t0..n_tok).find(|&t| slot(t) != slot(t0)).unwrap_or(n_tok);
+            s.runs.push(t1 - t0);
+            t0 = t1;
         }
-        Ok(())
+        s.single_runs.clear();
+        s.single_runs.resize(n_tok, 1);
+        let mut res = Ok(());
+        for il in layers {
+            let Some(lw) = self.layer(il) else {
+                res = Err(Error::NotLoaded("layer"));
+                break;
+            };
+            team.set_runs(&s.runs);
+            res = self.forward_layer(il, lw, hidden, positions, slots, kvs, s, team);
+            if res.is_err() {
+                break;
+            }
+        }
+        team.set_runs(&[]);
+        res
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -384,7 +405,11 @@ impl Model {
         hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
         debug_sum(dbg, "ffn_inp", il, hidden);
 
-        // Feed-forward block (SwiGLU).
+        // Feed-forward block (SwiGLU). In the model's last layer llama.cpp runs it only on the
+        // rows whose logits are wanted, one per sequence here: each row as a run of its own.
+        if il + 1 == hp.n_layer {
+            team.set_runs(&s.single_runs);
+        }
         for (x, o) in hidden.chunks_exact(e).zip(s.xn.chunks_exact_mut(e)) {
             ops::rms_norm(x, &lw.ffn_norm, hp.rms_eps, o);
         }
@@ -470,5 +495,8 @@ pub struct Scratch {
     rope: Vec<f32>,
     /// One per thread of the team.
     att_scratch: Vec<ops::AttnScratch>,
+    /// The lengths of the runs of rows of one sequence in this call; then as many runs of one.
+    runs: Vec<usize>,
+    single_runs: Vec<usize>,
     team: TeamBuffers,
 }

@@ -324,6 +324,11 @@ impl<'m> Team<'m, '_> {
         self.shared.resting.store(true, Ordering::Relaxed);
     }
 
+    /// [`QuantizedActs::set_runs`] for the team's next products (empty: the batch is one run).
+    pub fn set_runs(&mut self, lengths: &[usize]) {
+        self.shared.acts.write().unwrap_or_else(PoisonError::into_inner).set_runs(lengths);
+    }
+
     /// `out[t][r] = Σ_k w[r][k] · x[t][k]`, as [`crate::matmul::matmul`], on the team.
     pub fn matmul(&mut self, w: &QMatrix<'m>, x: &[f32], out: &mut [f32]) {
         self.product(&[*w], x, &mut [out]);

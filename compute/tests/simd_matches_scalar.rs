@@ -417,6 +417,42 @@ fn multi_row_dots_match_single_row_dots() {
 }
 
 #[test]
+fn iq1_s_tiled_order_rows_match_scalar() {
+    // Goal: the multi-row IQ1_S kernel in llama.cpp's tiled-GEMM order gives every activation row
+    // the bits of its scalar reference `dot::vec_dot_iq1_s_q8_k_tiled`, on every path (scalar
+    // included), and that order is really another one (else the test could not tell them
+    // apart); method: 1..=9, 12, 13, 17 rows × ragged block counts, random blocks.
+    let mut paths = simd_paths();
+    paths.insert(0, Kernels::scalar());
+    let mut rng = StdRng::seed_from_u64(8128);
+    let mut orders_differ = 0;
+    for n_rows in (1..=9).chain([12, 13, 17]) {
+        for n_blocks in [1, 2, 3, 5, 6, 8, 13] {
+            let w = random_blocks(&mut rng, GgmlType::IQ1_S, n_blocks);
+            let x = random_acts(&mut rng, n_rows * n_blocks * 256);
+            let Acts::Q8K(a) = quantize_rows(GgmlType::IQ1_S, &x, n_rows) else { unreachable!("IQ1_S takes Q8_K") };
+            let want: Vec<f32> = a.chunks_exact(n_blocks).map(|row| dot::vec_dot_iq1_s_q8_k_tiled(&w, row)).collect();
+            for (row, t) in a.chunks_exact(n_blocks).zip(&want) {
+                orders_differ += usize::from(dot::vec_dot_iq1_s_q8_k(&w, row).to_bits() != t.to_bits());
+            }
+            for &k in &paths {
+                let mut got = vec![f32::NAN; n_rows];
+                k.vec_dot_iq1_s_q8_k_tiled_rows(&w, &a, &mut got);
+                for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "{} row {t} of {n_rows}, {n_blocks} blocks: {g:e} vs scalar {w:e}",
+                        k.isa().name()
+                    );
+                }
+            }
+        }
+    }
+    assert!(orders_differ > 0, "the tiled order never differed from the vector-dot order");
+}
+
+#[test]
 fn four_weight_row_dots_match_single_row_dots() {
     // Goal: the four-weight-row decode kernels give each row the bits of the single-row scalar
     // reference, on every path this CPU runs (scalar included); method: 30 seeds × ragged block

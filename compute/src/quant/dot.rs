@@ -347,6 +347,39 @@ pub fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     IQ1S_DELTA.mul_add(acc1, hsum8(&acc))
 }
 
+/// The IQ1_S dot product in the order of llama.cpp's tiled CPU GEMM (`ggml-cpu/tiled`), which
+/// multiplies IQ1_S weights with batches of 8 or more activation rows:
+/// - the weight value is the integer `8·grid + delta` (delta = ±1), so each block gives one
+///   exact integer `s = Σ_sub ls · Σ (8·g + delta)·q` (|s| < 2²⁴: its conversion is exact);
+/// - per block, `r = fl(s · d/8)` (`d/8` is exact), then `acc = fma(r, y.d, acc)`, blocks in order
+///   from an accumulator of +0.
+pub fn vec_dot_iq1_s_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0f32;
+    for (blk, y) in w.chunks_exact(50).zip(a) {
+        let qs = &blk[2..34];
+        let mut s = 0i32;
+        for ib in 0..8 {
+            let qh = u16::from_le_bytes([blk[34 + 2 * ib], blk[35 + 2 * ib]]) as u32;
+            let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
+            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
+            let mut sub = 0i32;
+            for l in 0..4 {
+                let idx = qs[4 * ib + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
+                let grid = IQ1S_GRID[idx].to_le_bytes();
+                let q8 = &y.qs[ib * 32 + l * 8..ib * 32 + l * 8 + 8];
+                for (&g, &v) in grid.iter().zip(q8) {
+                    sub += (8 * g as i8 as i32 + delta) * v as i32;
+                }
+            }
+            s += ls * sub;
+        }
+        // d/8, exact: the 8 of the integer weights taken back out.
+        let r = s as f32 * (f16_at(blk, 0) * 0.125);
+        acc = r.mul_add(y.d, acc);
+    }
+    acc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

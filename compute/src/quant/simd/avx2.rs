@@ -916,6 +916,57 @@ pub unsafe fn vec_dot_iq1_s_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32])
     in_row_groups!(iq1_s_rows, w, a, out)
 }
 
+/// `dot::vec_dot_iq1_s_q8_k_tiled` (llama.cpp's tiled-GEMM order) for `R` (at most four)
+/// activation rows, their float chains side by side in the lanes of one vector. Per row and
+/// block the exact integer `s = 8·Σ ls·(g·q) + Σ ls·delta·(16-element sums)` comes out of one
+/// reduction of the four rows' lanes; then `r = fl(s·d/8)` and `acc = fma(r, y.d, acc)` per lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn iq1_s_tiled_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let ones = _mm256_set1_epi8(1);
+    let z = _mm256_setzero_si256();
+    let mut acc = _mm_setzero_ps();
+    for (b, blk) in w.chunks_exact(50).take(nb).enumerate() {
+        let mut subs = [(z, 0i16); 8];
+        let mut ls_delta = [0i16; 16];
+        for (ib, sb) in subs.iter_mut().enumerate() {
+            let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+            *sb = (grid, ls as i16);
+            ls_delta[2 * ib] = (ls * delta) as i16;
+            ls_delta[2 * ib + 1] = (ls * delta) as i16;
+        }
+        let ls_delta = load16_i16(&ls_delta);
+        let row = |r: usize| {
+            if r >= R {
+                return z;
+            }
+            let y = &ys[r][b];
+            let mut lanes = z;
+            for (ib, &(grid, ls)) in subs.iter().enumerate() {
+                // As in the single-row kernel: `sign` is the exact product; pair sums ≤ 254.
+                let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
+                let pairs = _mm256_maddubs_epi16(ones, prod);
+                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls)));
+            }
+            // 8·lanes + the delta term: |s| < 2²⁴, exact in i32.
+            _mm256_add_epi32(_mm256_slli_epi32(lanes, 3), _mm256_madd_epi16(load16_i16(&y.bsums), ls_delta))
+        };
+        let s = _mm_cvtepi32_ps(hsum_i32_x4(row(0), row(1), row(2), row(3)));
+        let r = _mm_mul_ps(s, _mm_set1_ps(f16_at(blk, 0) * 0.125));
+        let yd = |r: usize| if r < R { ys[r][b].d } else { 0.0 };
+        acc = _mm_fmadd_ps(r, _mm_setr_ps(yd(0), yd(1), yd(2), yd(3)), acc);
+    }
+    out.copy_from_slice(&to_array(acc)[..R]);
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_iq1_s_q8_k_tiled_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(iq1_s_tiled_rows, w, a, out)
+}
+
 /// Bit `j` of each byte of `qh`, as 16.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

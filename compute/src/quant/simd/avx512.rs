@@ -18,8 +18,8 @@ use super::avx2::{
 use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 
 pub use super::avx2::{
-    f16_axpy, f16_scale, f32_axpy_f16, quantize_q8_0, quantize_q8_1, quantize_q8_k, vec_dot_q2_k_q8_k,
-    vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k,
+    f16_axpy, f16_scale, f32_axpy_f16, quantize_q8_0, quantize_q8_1, quantize_q8_k, vec_dot_iq1_s_q8_k_tiled_rows,
+    vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k,
 };
 
 /// `IQ1S_DELTA` of the reference kernel.

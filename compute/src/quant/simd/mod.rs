@@ -236,6 +236,11 @@ impl Kernels {
         dispatch!(self, vec_dot_q6_k_q8_k, dot::vec_dot_q6_k_q8_k, (w, a))
     }
 
+    /// The scalar [`dot::vec_dot_iq1_s_q8_k_tiled`] (the fallback of its multi-row kernel).
+    pub fn vec_dot_iq1_s_q8_k_tiled(self, w: &[u8], a: &[BlockQ8K]) -> f32 {
+        dot::vec_dot_iq1_s_q8_k_tiled(w, a)
+    }
+
     pub fn vec_dot_iq1_s_q8_k(self, w: &[u8], a: &[BlockQ8K]) -> f32 {
         dispatch!(self, vec_dot_iq1_s_q8_k, dot::vec_dot_iq1_s_q8_k, (w, a))
     }
@@ -265,6 +270,12 @@ impl Kernels {
     /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_iq1_s_q8_k`].
     pub fn vec_dot_iq1_s_q8_k_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
         dispatch_rows!(self, vec_dot_iq1_s_q8_k_rows, vec_dot_iq1_s_q8_k, (w, a, out))
+    }
+
+    /// `out[t]` = the dot of `w` with activation row `t` of `a`, each with exactly the bits of
+    /// [`dot::vec_dot_iq1_s_q8_k_tiled`] (llama.cpp's tiled-GEMM order for IQ1_S).
+    pub fn vec_dot_iq1_s_q8_k_tiled_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_iq1_s_q8_k_tiled_rows, vec_dot_iq1_s_q8_k_tiled, (w, a, out))
     }
 
     /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q4_k_q8_k`].
