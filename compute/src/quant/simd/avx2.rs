@@ -868,6 +868,37 @@ pub unsafe fn vec_dot_iq4_nl_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32
     in_row_groups!(iq4_nl_rows, w, a, out)
 }
 
+/// An IQ1_S super-block unpacked for several activation rows: each sub-block's grid values
+/// (-1, 0, 1) with its scale, and the scale × delta sign of each 16 elements as i16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn iq1_s_block_unpack(blk: &[u8]) -> ([(__m256i, i16); 8], __m256i) {
+    let mut subs = [(_mm256_setzero_si256(), 0i16); 8];
+    let mut ls_delta = [0i16; 16];
+    for (ib, sb) in subs.iter_mut().enumerate() {
+        let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+        *sb = (grid, ls as i16);
+        ls_delta[2 * ib] = (ls * delta) as i16;
+        ls_delta[2 * ib + 1] = (ls * delta) as i16;
+    }
+    (subs, load16_i16(&ls_delta))
+}
+
+/// Σ over an unpacked IQ1_S block's sub-blocks of scale × (grid · activations), as eight i32
+/// lanes (`sign` is the exact product of a grid value; pair sums ≤ 254).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn iq1_s_block_lanes(subs: &[(__m256i, i16); 8], y: &BlockQ8K) -> __m256i {
+    let ones = _mm256_set1_epi8(1);
+    let mut lanes = _mm256_setzero_si256();
+    for (ib, &(grid, ls)) in subs.iter().enumerate() {
+        let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
+        let pairs = _mm256_maddubs_epi16(ones, prod);
+        lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls)));
+    }
+    lanes
+}
+
 /// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once,
 /// and the delta term's Σ ls·delta·(16-element sums) is one `madd` (|ls·delta| ≤ 15, sums ≤ 2032: exact).
 #[inline]
@@ -876,28 +907,12 @@ fn iq1_s_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f3
     let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
     let mut acc = [_mm256_setzero_ps(); R];
     let mut acc1 = [0.0f32; R];
-    let ones = _mm256_set1_epi8(1);
     for (b, blk) in w.chunks_exact(50).take(nb).enumerate() {
-        let z = _mm256_setzero_si256();
-        let mut subs = [(z, 0i16); 8];
-        let mut ls_delta = [0i16; 16];
-        for (ib, sb) in subs.iter_mut().enumerate() {
-            let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
-            *sb = (grid, ls as i16);
-            ls_delta[2 * ib] = (ls * delta) as i16;
-            ls_delta[2 * ib + 1] = (ls * delta) as i16;
-        }
-        let ls_delta = load16_i16(&ls_delta);
+        let (subs, ls_delta) = iq1_s_block_unpack(blk);
         let dw = f16_at(blk, 0);
         for ((acc, acc1), ys) in acc.iter_mut().zip(&mut acc1).zip(&ys) {
             let y = &ys[b];
-            let mut lanes = _mm256_setzero_si256();
-            for (ib, &(grid, ls)) in subs.iter().enumerate() {
-                // As in the single-row kernel: `sign` is the exact product; pair sums ≤ 254.
-                let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
-                let pairs = _mm256_maddubs_epi16(ones, prod);
-                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls)));
-            }
+            let lanes = iq1_s_block_lanes(&subs, y);
             let sumi1 = hsum_i32(_mm256_madd_epi16(load16_i16(&y.bsums), ls_delta));
             let d = y.d * dw;
             *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), *acc);
@@ -924,31 +939,16 @@ pub unsafe fn vec_dot_iq1_s_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32])
 #[target_feature(enable = "avx2,fma,f16c")]
 fn iq1_s_tiled_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
     let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
-    let ones = _mm256_set1_epi8(1);
     let z = _mm256_setzero_si256();
     let mut acc = _mm_setzero_ps();
     for (b, blk) in w.chunks_exact(50).take(nb).enumerate() {
-        let mut subs = [(z, 0i16); 8];
-        let mut ls_delta = [0i16; 16];
-        for (ib, sb) in subs.iter_mut().enumerate() {
-            let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
-            *sb = (grid, ls as i16);
-            ls_delta[2 * ib] = (ls * delta) as i16;
-            ls_delta[2 * ib + 1] = (ls * delta) as i16;
-        }
-        let ls_delta = load16_i16(&ls_delta);
+        let (subs, ls_delta) = iq1_s_block_unpack(blk);
         let row = |r: usize| {
             if r >= R {
                 return z;
             }
             let y = &ys[r][b];
-            let mut lanes = z;
-            for (ib, &(grid, ls)) in subs.iter().enumerate() {
-                // As in the single-row kernel: `sign` is the exact product; pair sums ≤ 254.
-                let prod = _mm256_sign_epi8(load32_i8(sub_i8(&y.qs, 32 * ib)), grid);
-                let pairs = _mm256_maddubs_epi16(ones, prod);
-                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls)));
-            }
+            let lanes = iq1_s_block_lanes(&subs, y);
             // 8·lanes + the delta term: |s| < 2²⁴, exact in i32.
             _mm256_add_epi32(_mm256_slli_epi32(lanes, 3), _mm256_madd_epi16(load16_i16(&y.bsums), ls_delta))
         };
