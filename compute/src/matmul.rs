@@ -10,7 +10,7 @@ use gguf::GgmlType;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::quant::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use crate::quant::activation::{interleave_q8_0x8, BlockQ8K, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
 use crate::quant::dequant::dequantize_row;
 use crate::quant::simd::Kernels;
 
@@ -78,6 +78,10 @@ pub struct QuantizedActs {
     n_in: usize,
     f32: Vec<f32>,
     q8_0: Vec<BlockQ8_0>,
+    /// The Q8_0 rows again, in groups of eight interleaved for the kernels with one lane per
+    /// row (`Kernels::vec_dot_q4_0_q8_0x8`), when the kernels have them; the rest of the rows
+    /// (fewer than eight) only in `q8_0`.
+    q8_0x8: Vec<BlockQ8_0x8>,
     q8_1: Vec<BlockQ8_1>,
     q8k: Vec<BlockQ8K>,
     tmp0: Vec<BlockQ8_0>,
@@ -140,6 +144,13 @@ impl QuantizedActs {
                 for row in x.chunks_exact(n_in) {
                     k.quantize_q8_0(row, &mut self.tmp0);
                     self.q8_0.extend_from_slice(&self.tmp0);
+                }
+                self.q8_0x8.clear();
+                if k.has_x8_kernels() {
+                    let nb = n_in / 32;
+                    for g in self.q8_0.chunks_exact(8 * nb) {
+                        interleave_q8_0x8(std::array::from_fn(|r| &g[r * nb..(r + 1) * nb]), &mut self.q8_0x8);
+                    }
                 }
             }
             VecDotType::Q8_1 => {
@@ -239,6 +250,30 @@ pub(crate) fn compute_rows(
         }
         rows = &rows[whole * rb..];
         chunk = &mut chunk[whole..];
+    }
+    // Q4_0/IQ4_NL with interleaved groups of eight activation rows: each group through the
+    // kernel with one lane per row, the remaining rows through the multi-row kernel.
+    let nb = acts.n_in / 32;
+    if matches!(w.ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) && !acts.q8_0x8.is_empty() && nb > 0 {
+        let n_rows = acts.n_rows;
+        let grouped = acts.q8_0x8.len() / nb * 8;
+        for (wr, o) in rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)) {
+            let (o8, rest) = o.split_at_mut(grouped);
+            for (a, o8) in acts.q8_0x8.chunks_exact(nb).zip(o8.chunks_exact_mut(8)) {
+                if w.ty == GgmlType::Q4_0 {
+                    k.vec_dot_q4_0_q8_0x8(wr, a, o8);
+                } else {
+                    k.vec_dot_iq4_nl_q8_0x8(wr, a, o8);
+                }
+            }
+            let a = &acts.q8_0[grouped * nb..n_rows * nb];
+            if w.ty == GgmlType::Q4_0 {
+                k.vec_dot_q4_0_q8_0_rows(wr, a, rest);
+            } else {
+                k.vec_dot_iq4_nl_q8_0_rows(wr, a, rest);
+            }
+        }
+        return;
     }
     for (wr, o) in rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(acts.n_rows)) {
         if !dot_rows(k, w.ty, wr, acts, o) {
@@ -355,6 +390,34 @@ mod tests {
             for r in 0..n_out {
                 for t in 0..n_rows {
                     assert_eq!(out[t * n_out + r], by_weight_row[r * n_rows + t], "{n_rows}×{n_out} at {t},{r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_outputs_equal_single_dots() {
+        // Goal: whatever path a product takes (four-row decode kernels, multi-row kernels,
+        // interleaved groups of eight activation rows, ragged weight-row chunks), every output
+        // has the bits of its single dot product; method: batches of 1..=17 rows × 37 weight rows.
+        use GgmlType::*;
+        let k = Kernels::active();
+        let (n_in, n_out) = (512, 37);
+        for ty in [Q4_0, IQ4_NL, Q4_1, Q8_0, Q4_K, Q6_K, IQ1_S] {
+            let w: Vec<u8> = (0..n_out).flat_map(|r| random_blocks_varied(ty, n_in, 31 * r as u64 + 7)).collect();
+            let m = QMatrix::new("w", ty, n_in, n_out, &w).unwrap();
+            for n_rows in [1, 2, 7, 8, 9, 16, 17] {
+                let x: Vec<f32> =
+                    xorshift_bytes(n_rows * n_in, n_rows as u64).iter().map(|&b| (b as f32 - 128.0) / 29.0).collect();
+                let (mut acts, mut tmp) = (QuantizedActs::default(), Vec::new());
+                let mut out = vec![f32::NAN; n_rows * n_out];
+                matmul(&m, &x, &mut out, &mut acts, &mut tmp);
+                for r in 0..n_out {
+                    for t in 0..n_rows {
+                        let want = dot_row(k, ty, m.row(r), &acts, t, &mut Vec::new());
+                        let got = out[t * n_out + r];
+                        assert_eq!(got.to_bits(), want.to_bits(), "{ty}, {n_rows} rows: weight row {r} × row {t}");
+                    }
                 }
             }
         }

@@ -10,7 +10,9 @@
 use std::path::PathBuf;
 
 use compute::ops;
-use compute::quant::activation::{quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1};
+use compute::quant::activation::{
+    interleave_q8_0x8, quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
 use compute::quant::dot;
 use compute::quant::simd::{Isa, Kernels};
 use compute::quant::synthetic::f16_scale_offsets;
@@ -450,6 +452,56 @@ fn iq1_s_tiled_order_rows_match_scalar() {
         }
     }
     assert!(orders_differ > 0, "the tiled order never differed from the vector-dot order");
+}
+
+#[test]
+fn interleaved_eight_row_dots_match_single_row_dots() {
+    // Goal: the Q4_0/IQ4_NL kernels over eight interleaved activation rows give each (weight row,
+    // activation row) the bits of the single-row scalar reference, on every path (scalar
+    // included); method: 1..=6 weight rows (groups of four and their remainders) × ragged block
+    // counts × 10 seeds, with activations at ±127 among them (the largest unsigned products).
+    let mut paths = simd_paths();
+    paths.insert(0, Kernels::scalar());
+    for ty in [GgmlType::Q4_0, GgmlType::IQ4_NL] {
+        let mut rng = StdRng::seed_from_u64(888 + ty.id() as u64);
+        for seed in 0..10 {
+            for (n_w, n_blocks) in [(1, 1), (2, 2), (3, 3), (4, 5), (5, 18), (6, 7)] {
+                let w = random_blocks(&mut rng, ty, n_w * n_blocks);
+                let mut x = random_acts(&mut rng, 8 * n_blocks * 32);
+                if seed % 5 == 0 {
+                    // Rows saturated at ±amax: every quantized value ±127.
+                    x.iter_mut().for_each(|v| *v = if *v < 0.0 { -3.0 } else { 3.0 });
+                }
+                let Acts::Q8_0(a) = quantize_rows(ty, &x, 8) else { unreachable!("{ty} takes Q8_0") };
+                let rows: [&[BlockQ8_0]; 8] = std::array::from_fn(|r| &a[r * n_blocks..(r + 1) * n_blocks]);
+                let mut a8 = Vec::new();
+                interleave_q8_0x8(rows, &mut a8);
+                let rb = w.len() / n_w;
+                let want: Vec<f32> = w
+                    .chunks_exact(rb)
+                    .flat_map(|wr| rows.map(|row| reference(ty, wr, &Acts::Q8_0(row.to_vec()), false)))
+                    .collect();
+                for &k in &paths {
+                    let mut got = vec![f32::NAN; 8 * n_w];
+                    if ty == GgmlType::Q4_0 {
+                        k.vec_dot_q4_0_q8_0x8(&w, &a8, &mut got);
+                    } else {
+                        k.vec_dot_iq4_nl_q8_0x8(&w, &a8, &mut got);
+                    }
+                    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{} {ty} weight row {} × act row {}, {n_blocks} blocks",
+                            k.isa().name(),
+                            j / 8,
+                            j % 8
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -22,6 +22,34 @@ pub struct BlockQ8_1 {
     pub qs: [i8; 32],
 }
 
+/// One Q8_0 block of eight activation rows, interleaved for kernels whose vector lanes are the
+/// rows: bytes `32g..32g + 32` hold elements `4g..4g + 4` of row 0, then of row 1, … row 7; with
+/// each row's scale and 128 × the sum of its 32 values (the offset of weights taken unsigned).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+pub struct BlockQ8_0x8 {
+    pub qs: [i8; 256],
+    pub d: [f32; 8],
+    pub offset: [i32; 8],
+}
+
+/// Interleaves eight rows of Q8_0 blocks (each `rows[r]`, of equal length) into `out`, block by
+/// block (see [`BlockQ8_0x8`]).
+pub fn interleave_q8_0x8(rows: [&[BlockQ8_0]; 8], out: &mut Vec<BlockQ8_0x8>) {
+    for b in 0..rows[0].len() {
+        let mut blk = BlockQ8_0x8 { qs: [0; 256], d: [0.0; 8], offset: [0; 8] };
+        for (r, row) in rows.iter().enumerate() {
+            let y = &row[b];
+            for g in 0..8 {
+                blk.qs[32 * g + 4 * r..32 * g + 4 * r + 4].copy_from_slice(&y.qs[4 * g..4 * g + 4]);
+            }
+            blk.d[r] = y.d;
+            blk.offset[r] = 128 * y.qs.iter().map(|&q| q as i32).sum::<i32>();
+        }
+        out.push(blk);
+    }
+}
+
 /// 256 activations as int8 with an f32 scale and sums of each 16 (ggml `block_q8_K`).
 #[derive(Clone, Copy, Debug)]
 pub struct BlockQ8K {

@@ -12,7 +12,7 @@
 
 use half::f16;
 
-use super::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use super::activation::{BlockQ8K, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
 use super::tables::{IQ1S_GRID, KVALUES_IQ4NL};
 
 /// `IQ1S_DELTA` from ggml-common.h: the offset added to every IQ1_S grid value.
@@ -64,6 +64,40 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], value: impl Fn(u8) -> i32) -> f3
         acc = (sumi as f32).mul_add(d * y.d, acc);
     }
     acc
+}
+
+/// [`vec_dot_q4_0_q8_0`] of weight rows `w` (back to back) with eight activation rows
+/// interleaved ([`BlockQ8_0x8`]): `out[8i + r]` has exactly the bits of the single-row dot of
+/// weight row `i` with activation row `r`.
+pub fn vec_dot_q4_0_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
+    nibble_blocks_dot_x8(w, a, out, |n| n as i32 - 8)
+}
+
+/// [`vec_dot_iq4_nl_q8_0`] of weight rows with eight interleaved activation rows.
+pub fn vec_dot_iq4_nl_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
+    nibble_blocks_dot_x8(w, a, out, |n| KVALUES_IQ4NL[n as usize] as i32)
+}
+
+/// [`nibble_blocks_dot`] with eight interleaved activation rows: the same integer per row and
+/// block, fused the same way.
+fn nibble_blocks_dot_x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32], value: impl Fn(u8) -> i32) {
+    let rb = 18 * a.len();
+    if rb == 0 {
+        return;
+    }
+    for (w, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(8)) {
+        let mut acc = [0.0f32; 8];
+        for (blk, y) in w.chunks_exact(18).zip(a) {
+            let d = f16_at(blk, 0);
+            let qs = &blk[2..18];
+            let v: [i32; 32] = std::array::from_fn(|k| value(if k < 16 { qs[k] & 0x0F } else { qs[k - 16] >> 4 }));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let sumi: i32 = (0..32).map(|k| v[k] * y.qs[32 * (k / 4) + 4 * r + k % 4] as i32).sum();
+                *acc = (sumi as f32).mul_add(d * y.d[r], *acc);
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
 }
 
 /// Q4_1 (20-byte blocks: f16 d, f16 m, 16 bytes of nibbles) · Q8_1.

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-use super::activation::{self, BlockQ8K, BlockQ8_0, BlockQ8_1};
+use super::activation::{self, BlockQ8K, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
 use super::dot;
 use crate::ops;
 
@@ -291,6 +291,36 @@ impl Kernels {
     /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q6_k_q8_k`].
     pub fn vec_dot_q6_k_q8_k_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
         dispatch_rows!(self, vec_dot_q6_k_q8_k_rows, vec_dot_q6_k_q8_k, (w, a, out))
+    }
+
+    /// Whether this set has its own kernels for eight interleaved activation rows
+    /// ([`Kernels::vec_dot_q4_0_q8_0x8`]); elsewhere they are the scalar reference, slower than
+    /// the `_rows` kernels, so callers keep to those.
+    pub fn has_x8_kernels(self) -> bool {
+        self.isa == Isa::Avx512
+    }
+
+    /// Weight rows `w` (back to back) · eight interleaved activation rows ([`BlockQ8_0x8`]):
+    /// `out[8i + r]` has exactly the bits of [`Kernels::vec_dot_q4_0_q8_0`] of weight row `i`
+    /// with activation row `r`.
+    pub fn vec_dot_q4_0_q8_0x8(self, w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` holds only an instruction set this CPU supports (see the type's
+            // invariant); the kernel needs nothing else of its caller.
+            Isa::Avx512 => unsafe { avx512::vec_dot_q4_0_q8_0x8(w, a, out) },
+            _ => dot::vec_dot_q4_0_q8_0x8(w, a, out),
+        }
+    }
+
+    /// As [`Kernels::vec_dot_q4_0_q8_0x8`] for [`Kernels::vec_dot_iq4_nl_q8_0`].
+    pub fn vec_dot_iq4_nl_q8_0x8(self, w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx512 => unsafe { avx512::vec_dot_iq4_nl_q8_0x8(w, a, out) },
+            _ => dot::vec_dot_iq4_nl_q8_0x8(w, a, out),
+        }
     }
 
     /// The single-row kernel `single` once per activation row: the fallback of the `_rows` kernels.
