@@ -10,7 +10,9 @@ use gguf::GgmlType;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::quant::activation::{interleave_q8_0x8, BlockQ8K, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
+use crate::quant::activation::{
+    interleave_q8_0x8, interleave_q8kx8, BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1,
+};
 use crate::quant::dequant::dequantize_row;
 use crate::quant::simd::Kernels;
 
@@ -84,6 +86,8 @@ pub struct QuantizedActs {
     q8_0x8: Vec<BlockQ8_0x8>,
     q8_1: Vec<BlockQ8_1>,
     q8k: Vec<BlockQ8K>,
+    /// The Q8_K rows in groups of eight interleaved, as `q8_0x8` (for Q4_K).
+    q8kx8: Vec<BlockQ8Kx8>,
     tmp0: Vec<BlockQ8_0>,
     tmp1: Vec<BlockQ8_1>,
     tmpk: Vec<BlockQ8K>,
@@ -165,6 +169,13 @@ impl QuantizedActs {
                 for row in x.chunks_exact(n_in) {
                     k.quantize_q8_k(row, &mut self.tmpk);
                     self.q8k.extend_from_slice(&self.tmpk);
+                }
+                self.q8kx8.clear();
+                if k.has_x8_kernels() {
+                    let nb = n_in / 256;
+                    for g in self.q8k.chunks_exact(8 * nb) {
+                        interleave_q8kx8(std::array::from_fn(|r| &g[r * nb..(r + 1) * nb]), &mut self.q8kx8);
+                    }
                 }
             }
         }
@@ -272,6 +283,20 @@ pub(crate) fn compute_rows(
             } else {
                 k.vec_dot_iq4_nl_q8_0_rows(wr, a, rest);
             }
+        }
+        return;
+    }
+    // Q4_K likewise with Q8_K groups of eight.
+    let nbk = acts.n_in / 256;
+    if w.ty == GgmlType::Q4_K && !acts.q8kx8.is_empty() && nbk > 0 {
+        let n_rows = acts.n_rows;
+        let grouped = acts.q8kx8.len() / nbk * 8;
+        for (wr, o) in rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)) {
+            let (o8, rest) = o.split_at_mut(grouped);
+            for (a, o8) in acts.q8kx8.chunks_exact(nbk).zip(o8.chunks_exact_mut(8)) {
+                k.vec_dot_q4_k_q8_kx8(wr, a, o8);
+            }
+            k.vec_dot_q4_k_q8_k_rows(wr, &acts.q8k[grouped * nbk..n_rows * nbk], rest);
         }
         return;
     }

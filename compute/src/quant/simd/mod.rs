@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-use super::activation::{self, BlockQ8K, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
+use super::activation::{self, BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
 use super::dot;
 use crate::ops;
 
@@ -320,6 +320,19 @@ impl Kernels {
             // SAFETY: as above.
             Isa::Avx512 => unsafe { avx512::vec_dot_iq4_nl_q8_0x8(w, a, out) },
             _ => dot::vec_dot_iq4_nl_q8_0x8(w, a, out),
+        }
+    }
+
+    /// Weight rows `w` (back to back) · eight interleaved activation rows ([`BlockQ8Kx8`]):
+    /// `out[8i + r]` has exactly the bits of [`Kernels::vec_dot_q4_k_q8_k`] of weight row `i`
+    /// with activation row `r`.
+    pub fn vec_dot_q4_k_q8_kx8(self, w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` holds only an instruction set this CPU supports (see the type's
+            // invariant); the kernel needs nothing else of its caller.
+            Isa::Avx512 => unsafe { avx512::vec_dot_q4_k_q8_kx8(w, a, out) },
+            _ => dot::vec_dot_q4_k_q8_kx8(w, a, out),
         }
     }
 
