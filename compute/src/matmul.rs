@@ -330,11 +330,24 @@ fn dot_rows(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, out: &mut 
             while t0 < acts.n_rows {
                 let tiled = acts.tiled(t0);
                 let t1 = (t0..acts.n_rows).find(|&t| acts.tiled(t) != tiled).unwrap_or(acts.n_rows);
-                let (a, o) = (&acts.q8k[t0 * nb..t1 * nb], &mut out[t0..t1]);
                 if tiled {
-                    k.vec_dot_iq1_s_q8_k_tiled_rows(w, a, o);
+                    // Whole interleaved groups of eight inside the run through the kernel with one
+                    // lane per row, the other rows through the multi-row kernel.
+                    let groups = acts.q8kx8.len() / nb.max(1);
+                    let mut t = t0;
+                    while t < t1 {
+                        let g = t / 8;
+                        if t % 8 == 0 && t + 8 <= t1 && g < groups {
+                            k.vec_dot_iq1_s_q8_k_tiled_x8(w, &acts.q8kx8[g * nb..(g + 1) * nb], &mut out[t..t + 8]);
+                            t += 8;
+                        } else {
+                            let e = (8 * (g + 1)).min(t1);
+                            k.vec_dot_iq1_s_q8_k_tiled_rows(w, &acts.q8k[t * nb..e * nb], &mut out[t..e]);
+                            t = e;
+                        }
+                    }
                 } else {
-                    k.vec_dot_iq1_s_q8_k_rows(w, a, o);
+                    k.vec_dot_iq1_s_q8_k_rows(w, &acts.q8k[t0 * nb..t1 * nb], &mut out[t0..t1]);
                 }
                 t0 = t1;
             }

@@ -445,6 +445,31 @@ pub fn vec_dot_iq1_s_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
     acc
 }
 
+/// [`vec_dot_iq1_s_q8_k_tiled`] of weight rows `w` (back to back) with eight interleaved
+/// activation rows ([`BlockQ8Kx8`]): `out[8i + r]` has exactly the bits of the single-row dot
+/// of weight row `i` with activation row `r`.
+pub fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
+    let rb = 50 * a.len();
+    if rb == 0 {
+        return;
+    }
+    for (w, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(8)) {
+        for (r, o) in out.iter_mut().enumerate() {
+            let rows: Vec<BlockQ8K> = a
+                .iter()
+                .map(|y| {
+                    let mut b = BlockQ8K { d: y.d[r], ..Default::default() };
+                    for (e, q) in b.qs.iter_mut().enumerate() {
+                        *q = y.qs[32 * (e / 4) + 4 * r + e % 4];
+                    }
+                    b
+                })
+                .collect();
+            *o = vec_dot_iq1_s_q8_k_tiled(w, &rows);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -458,6 +458,51 @@ pub unsafe fn vec_dot_q4_k_q8_kx8(w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
     }
 }
 
+/// `dot::vec_dot_iq1_s_q8_k_tiled` (llama.cpp's tiled-GEMM order) for eight interleaved
+/// activation rows ([`BlockQ8Kx8`]), one per lane, and each weight row of `w` in turn: each
+/// sub-block's weights `8·grid ± 1` are taken unsigned (+128), each 4-byte group broadcast
+/// (`vpermd`) into one `vpdpbusd` for the eight rows; 128 × the rows' sub-block sums come back
+/// off, the scale multiplies (exact in i32), and per lane `r = fl(s·d/8)`, `acc = fma(r, y.d, acc)`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
+    let rb = 50 * a.len();
+    if rb == 0 {
+        return;
+    }
+    let eight = _mm256_set1_epi8(8);
+    for (w, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(8)) {
+        let mut acc = _mm256_setzero_ps();
+        for (blk, y) in w.chunks_exact(50).zip(a) {
+            let mut s = _mm256_setzero_si256();
+            for ib in 0..8 {
+                let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+                // 8·g + delta + 128 in 119..=137: `sign` gives 8·g exactly; the byte add wraps
+                // to the unsigned value.
+                let u = _mm256_add_epi8(_mm256_sign_epi8(eight, grid), _mm256_set1_epi8((delta + 128) as u8 as i8));
+                let mut dot = [_mm256_setzero_si256(); 2];
+                for g in 0..8 {
+                    let wg = _mm256_permutevar8x32_epi32(u, _mm256_set1_epi32(g as i32));
+                    dot[g % 2] = _mm256_dpbusd_epi32(dot[g % 2], wg, load32_i8(sub_i8(&y.qs, 32 * (8 * ib + g))));
+                }
+                // SAFETY: reads 8 of the 64 i32 of `sums`; `loadu` has no alignment requirement.
+                let sums = unsafe { _mm256_loadu_si256(y.sums.as_ptr().add(8 * ib).cast()) };
+                let dot = _mm256_sub_epi32(_mm256_add_epi32(dot[0], dot[1]), _mm256_slli_epi32::<7>(sums));
+                // |Σ (8g ± 1)·q| ≤ 32·9·127 per sub-block, × ls ≤ 15, 8 sub-blocks: < 2²⁴.
+                s = _mm256_add_epi32(s, _mm256_mullo_epi32(dot, _mm256_set1_epi32(ls)));
+            }
+            let r = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(f16_at(blk, 0) * 0.125));
+            // SAFETY: reads the 8 floats of `d`; `loadu` has no alignment requirement.
+            acc = _mm256_fmadd_ps(r, unsafe { _mm256_loadu_ps(y.d.as_ptr()) }, acc);
+        }
+        // SAFETY: writes the 8 floats of `out` (a whole chunk of eight); `storeu` has no
+        // alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) }
+    }
+}
+
 /// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once,
 /// and the delta term's Σ ls·delta·(16-element sums) is one `madd` (|ls·delta| ≤ 15, sums ≤ 2032: exact).
 #[inline]
