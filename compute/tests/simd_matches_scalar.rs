@@ -454,6 +454,14 @@ fn iq1_s_tiled_order_rows_match_scalar() {
     assert!(orders_differ > 0, "the tiled order never differed from the vector-dot order");
 }
 
+/// `got[8i + r]` (weight row `i` × interleaved activation row `r`) equals `want` bit for bit.
+fn assert_x8_bits(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: output count");
+    for (j, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.to_bits(), w.to_bits(), "{what}: weight row {} × act row {}: {g:e} vs {w:e}", j / 8, j % 8);
+    }
+}
+
 #[test]
 fn interleaved_eight_row_dots_match_single_row_dots() {
     // Goal: the Q4_0/IQ4_NL kernels over eight interleaved activation rows give each (weight row,
@@ -488,16 +496,7 @@ fn interleaved_eight_row_dots_match_single_row_dots() {
                     } else {
                         k.vec_dot_iq4_nl_q8_0x8(&w, &a8, &mut got);
                     }
-                    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
-                        assert_eq!(
-                            g.to_bits(),
-                            w.to_bits(),
-                            "{} {ty} weight row {} × act row {}, {n_blocks} blocks",
-                            k.isa().name(),
-                            j / 8,
-                            j % 8
-                        );
-                    }
+                    assert_x8_bits(&got, &want, &format!("{} {ty}, {n_blocks} blocks", k.isa().name()));
                 }
             }
         }
@@ -535,16 +534,7 @@ fn interleaved_eight_row_q8_k_dots_match_single_row_dots() {
                     } else {
                         k.vec_dot_iq1_s_q8_k_tiled_x8(&w, &a8, &mut got);
                     }
-                    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
-                        assert_eq!(
-                            g.to_bits(),
-                            w.to_bits(),
-                            "{} {ty} weight row {} × act row {}, {n_blocks} blocks",
-                            k.isa().name(),
-                            j / 8,
-                            j % 8
-                        );
-                    }
+                    assert_x8_bits(&got, &want, &format!("{} {ty}, {n_blocks} blocks", k.isa().name()));
                 }
             }
         }
