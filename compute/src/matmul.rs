@@ -86,7 +86,7 @@ pub struct QuantizedActs {
     q8_0x8: Vec<BlockQ8_0x8>,
     q8_1: Vec<BlockQ8_1>,
     q8k: Vec<BlockQ8K>,
-    /// The Q8_K rows in groups of eight interleaved, as `q8_0x8` (for Q4_K).
+    /// The Q8_K rows in groups of eight interleaved, as `q8_0x8` (for IQ1_S in its tiled order).
     q8kx8: Vec<BlockQ8Kx8>,
     tmp0: Vec<BlockQ8_0>,
     tmp1: Vec<BlockQ8_1>,
@@ -283,20 +283,6 @@ pub(crate) fn compute_rows(
             } else {
                 k.vec_dot_iq4_nl_q8_0_rows(wr, a, rest);
             }
-        }
-        return;
-    }
-    // Q4_K likewise with Q8_K groups of eight.
-    let nbk = acts.n_in / 256;
-    if w.ty == GgmlType::Q4_K && !acts.q8kx8.is_empty() && nbk > 0 {
-        let n_rows = acts.n_rows;
-        let grouped = acts.q8kx8.len() / nbk * 8;
-        for (wr, o) in rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)) {
-            let (o8, rest) = o.split_at_mut(grouped);
-            for (a, o8) in acts.q8kx8.chunks_exact(nbk).zip(o8.chunks_exact_mut(8)) {
-                k.vec_dot_q4_k_q8_kx8(wr, a, o8);
-            }
-            k.vec_dot_q4_k_q8_k_rows(wr, &acts.q8k[grouped * nbk..n_rows * nbk], rest);
         }
         return;
     }

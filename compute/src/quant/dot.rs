@@ -251,65 +251,34 @@ pub fn scales_mins_k4(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
 
 /// Q4_K (144-byte blocks: f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles) · Q8_K.
 ///
-/// Summed in the order of llama.cpp's tiled CPU GEMM (`ggml-cpu/tiled`), which suits kernels
-/// with one lane per activation row: per super-block two exact integers, the scaled sum
-/// `s1 = Σ_j sc_j · Σ x·q` and the min sum `s2 = Σ_j m_j · (16-element sums)`, then
-/// `r = fl(s1·d)`, `r = fma(-dmin, s2, r)` and `acc = fma(r, y.d, acc)`, blocks in order.
-/// (llama.cpp runs this order for Q4_K weights it has not repacked; no reference output depends
-/// on this type, see ARCHITECTURE.md.)
+/// Summed in eight lanes, as the SIMD kernels sum without any horizontal step per block: lane
+/// `l` holds elements `4l..4l+4` of every 32-element sub-block, each scaled by its sub-block's
+/// scale, and is fused into `acc[l]` with `d` once per super-block; lane `j` of the mins part
+/// holds sub-block `j`'s min × activation sum, fused with `dmin`. Both are reduced as
+/// `hsum_float_8` at the end. (llama.cpp repacks Q4_K rows and sums them in yet another
+/// order; no reference output depends on this type, see ARCHITECTURE.md.)
 pub fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    let mut acc = 0.0f32;
+    let mut acc = [0.0f32; 8];
+    let mut acc_min = [0.0f32; 8];
     for (blk, y) in w.chunks_exact(144).zip(a) {
         let (head, qs) = blk.split_at(16);
         let mut scale_bytes = [0u8; 12];
         scale_bytes.copy_from_slice(&head[4..16]);
         let (sc, m) = scales_mins_k4(&scale_bytes);
-        let (mut s1, mut s2) = (0i32, 0i32);
+        let mut lanes = [0i32; 8];
         for j in 0..8 {
             let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
             let shift = 4 * (j % 2);
-            let dot: i32 = (0..32).map(|e| ((q[e] >> shift) & 0x0F) as i32 * y.qs[32 * j + e] as i32).sum();
-            s1 += sc[j] as i32 * dot;
-            s2 += m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        let r = (-f16_at(head, 2)).mul_add(s2 as f32, s1 as f32 * f16_at(head, 0));
-        acc = r.mul_add(y.d, acc);
-    }
-    acc
-}
-
-/// [`vec_dot_q4_k_q8_k`] of weight rows `w` (back to back) with eight interleaved activation rows
-/// ([`BlockQ8Kx8`]): `out[8i + r]` has exactly the bits of the single-row dot of weight row `i`
-/// with activation row `r`.
-pub fn vec_dot_q4_k_q8_kx8(w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
-    let rb = 144 * a.len();
-    if rb == 0 {
-        return;
-    }
-    for (w, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(8)) {
-        let mut acc = [0.0f32; 8];
-        for (blk, y) in w.chunks_exact(144).zip(a) {
-            let (head, qs) = blk.split_at(16);
-            let mut scale_bytes = [0u8; 12];
-            scale_bytes.copy_from_slice(&head[4..16]);
-            let (sc, m) = scales_mins_k4(&scale_bytes);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let (mut s1, mut s2) = (0i32, 0i32);
-                for j in 0..8 {
-                    let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
-                    let shift = 4 * (j % 2);
-                    let dot: i32 = (0..32)
-                        .map(|e| ((q[e] >> shift) & 0x0F) as i32 * y.qs[32 * (8 * j + e / 4) + 4 * r + e % 4] as i32)
-                        .sum();
-                    s1 += sc[j] as i32 * dot;
-                    s2 += m[j] as i32 * y.sums[8 * j + r];
-                }
-                let rr = (-f16_at(head, 2)).mul_add(s2 as f32, s1 as f32 * f16_at(head, 0));
-                *acc = rr.mul_add(y.d[r], *acc);
+            for e in 0..32 {
+                let x = ((q[e] >> shift) & 0x0F) as i32;
+                lanes[e / 4] += sc[j] as i32 * (x * y.qs[32 * j + e] as i32);
             }
         }
-        out.copy_from_slice(&acc);
+        let mins: [i32; 8] = std::array::from_fn(|j| m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32));
+        lanes_fma(&mut acc, y.d * f16_at(head, 0), &lanes);
+        lanes_fma(&mut acc_min, y.d * f16_at(head, 2), &mins);
     }
+    hsum8(&acc) - hsum8(&acc_min)
 }
 
 /// Q5_K (176-byte blocks: f16 d, f16 dmin, 12 scale bytes, 32 high-bit bytes, 128 nibble bytes) · Q8_K.

@@ -535,63 +535,37 @@ fn q4k_unpack(blk: &[u8; 144]) -> Q4kBlock {
     Q4kBlock { x, sc: scs, mins: _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), dm: f16x4(blk, 0) }
 }
 
-/// The block's two exact integers for one activation row, as eight i32 lanes each: the scaled
-/// sums (lane `l` = Σ over sub-blocks of scale × elements `4l..4l+4`; their total is the
-/// reference's `s1`) and the min sums (lane `i` = min × `bsums[i]`; total `s2`).
+/// Fuses one block into a row's accumulators, as the reference does: lane `l` = Σ over
+/// sub-blocks of scale × elements `4l..4l+4`; min lane `j` = sub-block `j`'s min × its
+/// activation sum.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4k_block_ints(b: &Q4kBlock, y: &BlockQ8K) -> (__m256i, __m256i) {
+fn q4k_fuse(b: &Q4kBlock, y: &BlockQ8K, acc: &mut __m256, acc_min: &mut __m256) {
     let mut lanes = _mm256_setzero_si256();
     for j in 0..8 {
         // 4-bit values × |activations| ≤ 128: pair sums ≤ 3840; × 6-bit scales fits i32.
         let p16 = _mm256_maddubs_epi16(b.x[j], load32_i8(sub_i8(&y.qs, 32 * j)));
         lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p16, b.sc[j]));
     }
-    (lanes, _mm256_madd_epi16(load16_i16(&y.bsums), b.mins))
-}
-
-/// One block's integers ([`q4k_block_ints`]) and its `d`, `dmin`; prefetches long rows.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4k_ints(blk: &[u8], y: &BlockQ8K, long: bool) -> ((__m256i, __m256i), __m128) {
-    if long {
-        prefetch_weights(blk);
-    }
-    let b = q4k_unpack(sub(blk, 0));
-    (q4k_block_ints(&b, y), b.dm)
-}
-
-/// The reference's float step of one block: `fma(fma(-dmin, s2, s1·d), y.d, acc)`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4k_step(acc: f32, s1: i32, s2: i32, dm: __m128, yd: f32) -> f32 {
-    (-lane::<1>(dm)).mul_add(s2 as f32, s1 as f32 * lane::<0>(dm)).mul_add(yd, acc)
+    let mins = _mm256_madd_epi16(load16_i16(&y.bsums), b.mins);
+    let dm = _mm_mul_ps(_mm_set1_ps(y.d), b.dm);
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(lanes), *acc);
+    *acc_min = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_cvtepi32_ps(mins), *acc_min);
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    let mut acc = 0.0f32;
+    let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let long = a.len() >= LONG_ROW_BLOCKS;
-    let n = (w.len() / 144).min(a.len());
-    // Two blocks at a time, so one reduction gives both blocks' [s1, s2]; the float steps stay
-    // block by block.
-    let pairs = w[..n / 2 * 288].chunks_exact(288).zip(a.chunks_exact(2));
-    for (blk2, y2) in pairs {
-        let ((l1a, l2a), dma) = q4k_ints(&blk2[..144], &y2[0], long);
-        let ((l1b, l2b), dmb) = q4k_ints(&blk2[144..], &y2[1], long);
-        let s = hsum_i32_x4(l1a, l2a, l1b, l2b);
-        acc = q4k_step(acc, _mm_cvtsi128_si32(s), _mm_extract_epi32::<1>(s), dma, y2[0].d);
-        acc = q4k_step(acc, _mm_extract_epi32::<2>(s), _mm_extract_epi32::<3>(s), dmb, y2[1].d);
+    for (blk, y) in w.chunks_exact(144).zip(a) {
+        if long {
+            prefetch_weights(blk);
+        }
+        q4k_fuse(&q4k_unpack(sub(blk, 0)), y, &mut acc, &mut acc_min);
     }
-    if n % 2 == 1 {
-        let z = _mm256_setzero_si256();
-        let ((l1, l2), dm) = q4k_ints(&w[(n - 1) * 144..n * 144], &a[n - 1], long);
-        let s = hsum_i32_x4(l1, l2, z, z);
-        acc = q4k_step(acc, _mm_cvtsi128_si32(s), _mm_extract_epi32::<1>(s), dm, a[n - 1].d);
-    }
-    acc
+    hsum8(acc) - hsum8(acc_min)
 }
 
 /// # Safety
@@ -1058,27 +1032,22 @@ pub(super) fn q5_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out
     out.copy_from_slice(&sum);
 }
 
-/// [`vec_dot_q4_k_q8_k`] for `R` (at most four) activation rows, each block unpacked once: the
-/// rows' integers reduced together, their float steps side by side in the lanes of one vector.
+/// [`vec_dot_q4_k_q8_k`] for `R` activation rows, each block unpacked once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q4_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
     let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
-    let z = _mm256_setzero_si256();
-    let mut acc = _mm_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc_min = [_mm256_setzero_ps(); R];
     for (b, blk) in w.chunks_exact(144).take(nb).enumerate() {
         let x = q4k_unpack(sub(blk, 0));
-        let ints: [(__m256i, __m256i); 4] =
-            std::array::from_fn(|r| if r < R { q4k_block_ints(&x, &ys[r][b]) } else { (z, z) });
-        let s1 = _mm_cvtepi32_ps(hsum_i32_x4(ints[0].0, ints[1].0, ints[2].0, ints[3].0));
-        let s2 = _mm_cvtepi32_ps(hsum_i32_x4(ints[0].1, ints[1].1, ints[2].1, ints[3].1));
-        let (d, dmin) = (_mm_set1_ps(lane::<0>(x.dm)), _mm_set1_ps(lane::<1>(x.dm)));
-        // r = fma(-dmin, s2, s1·d): the same single rounding as `fnmadd`.
-        let r = _mm_fnmadd_ps(dmin, s2, _mm_mul_ps(s1, d));
-        let yd = |r: usize| if r < R { ys[r][b].d } else { 0.0 };
-        acc = _mm_fmadd_ps(r, _mm_setr_ps(yd(0), yd(1), yd(2), yd(3)), acc);
+        for r in 0..R {
+            q4k_fuse(&x, &ys[r][b], &mut acc[r], &mut acc_min[r]);
+        }
     }
-    out.copy_from_slice(&to_array(acc)[..R]);
+    for r in 0..R {
+        out[r] = hsum8(acc[r]) - hsum8(acc_min[r]);
+    }
 }
 
 /// # Safety

@@ -16,7 +16,6 @@ use super::avx2::{
     q4_k_rows, q5_k_rows, q6_k_rows, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
-use crate::quant::dot::scales_mins_k4;
 
 pub use super::avx2::{
     f16_axpy, f16_scale, f32_axpy_f16, quantize_q8_0, quantize_q8_1, quantize_q8_k, vec_dot_iq1_s_q8_k_tiled_rows,
@@ -398,64 +397,6 @@ pub unsafe fn vec_dot_q4_0_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_iq4_nl_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
     nibble_x8(w, a, out, iq4_nl_values())
-}
-
-/// `avx2::vec_dot_q4_k_q8_k` for eight interleaved activation rows ([`BlockQ8Kx8`]), one per
-/// lane, and each weight row of `w` in turn: the nibbles are laid out in element order once per
-/// block, each 4-byte group broadcast to the eight rows into one `vpdpbusd`; per sub-block the
-/// sum is multiplied by its scale (exact in i32), the mins by the rows' sub-block sums; then per
-/// lane the reference's float step.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn vec_dot_q4_k_q8_kx8(w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
-    let rb = 144 * a.len();
-    if rb == 0 {
-        return;
-    }
-    let low = _mm256_set1_epi8(0x0F);
-    let mut x = [0u8; 256];
-    for (w, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(8)) {
-        let mut acc = _mm256_setzero_ps();
-        for (blk, y) in w.chunks_exact(144).zip(a) {
-            for p in 0..4 {
-                let q = load32(sub(blk, 16 + 32 * p));
-                let (lo, hi) = (_mm256_and_si256(q, low), _mm256_and_si256(_mm256_srli_epi16(q, 4), low));
-                // SAFETY: writes bytes 64p..64p + 64 of the 256 of `x`; `storeu` has no
-                // alignment requirement.
-                unsafe {
-                    _mm256_storeu_si256(x.as_mut_ptr().add(64 * p).cast(), lo);
-                    _mm256_storeu_si256(x.as_mut_ptr().add(64 * p + 32).cast(), hi);
-                }
-            }
-            let (sc, m) = scales_mins_k4(sub(blk, 4));
-            let (mut s1, mut s2) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for j in 0..8 {
-                // Two independent chains of four (one of eight waits on each `vpdpbusd`).
-                let mut dot = [_mm256_setzero_si256(); 2];
-                for g in 0..8 {
-                    let wg = _mm256_set1_epi32(i32::from_le_bytes(*sub(&x, 32 * j + 4 * g)));
-                    dot[g % 2] = _mm256_dpbusd_epi32(dot[g % 2], wg, load32_i8(sub_i8(&y.qs, 32 * (8 * j + g))));
-                }
-                let dot = _mm256_add_epi32(dot[0], dot[1]);
-                // 4-bit values × |activations| ≤ 128 over 32 elements, × 6-bit scales: fits i32.
-                s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(dot, _mm256_set1_epi32(sc[j] as i32)));
-                // SAFETY: reads 8 of the 64 i32 of `sums`; `loadu` has no alignment requirement.
-                let sums = unsafe { _mm256_loadu_si256(y.sums.as_ptr().add(8 * j).cast()) };
-                s2 = _mm256_add_epi32(s2, _mm256_mullo_epi32(sums, _mm256_set1_epi32(m[j] as i32)));
-            }
-            let dm = f16x4(blk, 0);
-            let (d, dmin) = (_mm256_set1_ps(lane::<0>(dm)), _mm256_set1_ps(lane::<1>(dm)));
-            // r = fma(-dmin, s2, s1·d): the same single rounding as `fnmadd`.
-            let r = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(s2), _mm256_mul_ps(_mm256_cvtepi32_ps(s1), d));
-            // SAFETY: reads the 8 floats of `d`; `loadu` has no alignment requirement.
-            acc = _mm256_fmadd_ps(r, unsafe { _mm256_loadu_ps(y.d.as_ptr()) }, acc);
-        }
-        // SAFETY: writes the 8 floats of `out` (a whole chunk of eight); `storeu` has no
-        // alignment requirement.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) }
-    }
 }
 
 /// `dot::vec_dot_iq1_s_q8_k_tiled` (llama.cpp's tiled-GEMM order) for eight interleaved

@@ -324,19 +324,6 @@ impl Kernels {
     }
 
     /// Weight rows `w` (back to back) · eight interleaved activation rows ([`BlockQ8Kx8`]):
-    /// `out[8i + r]` has exactly the bits of [`Kernels::vec_dot_q4_k_q8_k`] of weight row `i`
-    /// with activation row `r`.
-    pub fn vec_dot_q4_k_q8_kx8(self, w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
-        match self.isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a `Kernels` holds only an instruction set this CPU supports (see the type's
-            // invariant); the kernel needs nothing else of its caller.
-            Isa::Avx512 => unsafe { avx512::vec_dot_q4_k_q8_kx8(w, a, out) },
-            _ => dot::vec_dot_q4_k_q8_kx8(w, a, out),
-        }
-    }
-
-    /// Weight rows `w` (back to back) · eight interleaved activation rows ([`BlockQ8Kx8`]):
     /// `out[8i + r]` has exactly the bits of [`dot::vec_dot_iq1_s_q8_k_tiled`] of weight row
     /// `i` with activation row `r`.
     pub fn vec_dot_iq1_s_q8_k_tiled_x8(self, w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
