@@ -112,9 +112,9 @@ impl QuantizedActs {
     /// runs of [`TILED_GEMM_MIN_ROWS`]+ rows; Q2_K rows in groups of four), each run decides
     /// for its own rows. Kept across [`QuantizedActs::quantize`]; ignored when the lengths do not
     /// add up to the row count; empty: the batch is one run.
-    pub fn set_runs(&mut self, lengths: &[usize]) {
+    pub fn set_runs(&mut self, lengths: impl IntoIterator<Item = usize>) {
         self.runs.clear();
-        for &n in lengths {
+        for n in lengths {
             self.runs.extend((0..n).map(|i| (i, n)));
         }
     }

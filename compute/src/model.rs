@@ -291,31 +291,21 @@ impl Model {
                 return Err(Error::ContextFull { n_ctx });
             }
         }
-        // Where llama.cpp's kernel order depends on the batch, each sequence's rows take the
-        // order of its own run (see `QuantizedActs::set_runs`).
-        s.runs.clear();
-        let mut t0 = 0;
-        while t0 < n_tok {
-            let slot = |t: usize| slots.map_or(0, |sl| sl[t]);
-            let t1 = (t0..n_tok).find(|&t| slot(t) != slot(t0)).unwrap_or(n_tok);
-            s.runs.push(t1 - t0);
-            t0 = t1;
-        }
-        s.single_runs.clear();
-        s.single_runs.resize(n_tok, 1);
         let mut res = Ok(());
         for il in layers {
             let Some(lw) = self.layer(il) else {
                 res = Err(Error::NotLoaded("layer"));
                 break;
             };
-            team.set_runs(&s.runs);
+            // Where llama.cpp's kernel order depends on the batch, each sequence's rows take the
+            // order of its own run (see `QuantizedActs::set_runs`).
+            team.set_runs(ops::sequence_runs(slots, n_tok));
             res = self.forward_layer(il, lw, hidden, positions, slots, kvs, s, team);
             if res.is_err() {
                 break;
             }
         }
-        team.set_runs(&[]);
+        team.set_runs([]);
         res
     }
 
@@ -408,7 +398,7 @@ impl Model {
         // Feed-forward block (SwiGLU). In the model's last layer llama.cpp runs it only on the
         // rows whose logits are wanted, one per sequence here: each row as a run of its own.
         if il + 1 == hp.n_layer {
-            team.set_runs(&s.single_runs);
+            team.set_runs(std::iter::repeat_n(1, n_tok));
         }
         for (x, o) in hidden.chunks_exact(e).zip(s.xn.chunks_exact_mut(e)) {
             ops::rms_norm(x, &lw.ffn_norm, hp.rms_eps, o);
@@ -495,8 +485,5 @@ pub struct Scratch {
     rope: Vec<f32>,
     /// One per thread of the team.
     att_scratch: Vec<ops::AttnScratch>,
-    /// The lengths of the runs of rows of one sequence in this call; then as many runs of one.
-    runs: Vec<usize>,
-    single_runs: Vec<usize>,
     team: TeamBuffers,
 }

@@ -210,6 +210,21 @@ pub fn attention_is_parallel(hp: &HParams, positions: &[usize]) -> bool {
     attention_work(hp, positions) >= PARALLEL_MIN_WORK
 }
 
+/// The lengths of the runs of consecutive rows of one sequence among `n` rows, in order: row
+/// `t` belongs to sequence `slots[t]` (`None`: all rows to one).
+pub fn sequence_runs(slots: Option<&[usize]>, n: usize) -> impl Iterator<Item = usize> + '_ {
+    let slot = move |t: usize| slots.map_or(0, |s| s[t]);
+    let mut t0 = 0;
+    std::iter::from_fn(move || {
+        (t0 < n).then(|| {
+            let t1 = (t0 + 1..n).find(|&t| slot(t) != slot(t0)).unwrap_or(n);
+            let len = t1 - t0;
+            t0 = t1;
+            len
+        })
+    })
+}
+
 /// [`attention`] for rows of several sequences: row `t` reads the cache `kvs[slots[t]]`
 /// (`None`: `kvs[0]`), and the rows of one sequence are consecutive, each run choosing its
 /// kernel by its own length, as if its sequence ran alone. The (row, head) pairs are split over
@@ -227,19 +242,12 @@ pub fn attention_batch(
     scratch: &mut [AttnScratch],
 ) {
     let Some((first, rest)) = scratch.split_first_mut() else { return };
-    let slot = |t: usize| slots.map_or(0, |s| s[t]);
     let n_tok = positions.len();
     // Each run of rows of one sequence takes the tiled kernel when it is long enough.
     let mut tiled = std::mem::take(&mut first.tiled);
     tiled.clear();
-    let mut t0 = 0;
-    while t0 < n_tok {
-        let mut t1 = t0 + 1;
-        while t1 < n_tok && slot(t1) == slot(t0) {
-            t1 += 1;
-        }
-        tiled.extend(std::iter::repeat_n(t1 - t0 >= TILED_MIN_ROWS, t1 - t0));
-        t0 = t1;
+    for n in sequence_runs(slots, n_tok) {
+        tiled.extend(std::iter::repeat_n(n >= TILED_MIN_ROWS, n));
     }
     let (n_head, hd) = (hp.n_head, hp.head_dim);
     let n_items = n_tok * n_head;

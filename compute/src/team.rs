@@ -325,7 +325,7 @@ impl<'m> Team<'m, '_> {
     }
 
     /// [`QuantizedActs::set_runs`] for the team's next products (empty: the batch is one run).
-    pub fn set_runs(&mut self, lengths: &[usize]) {
+    pub fn set_runs(&mut self, lengths: impl IntoIterator<Item = usize>) {
         self.shared.acts.write().unwrap_or_else(PoisonError::into_inner).set_runs(lengths);
     }
 
