@@ -81,8 +81,8 @@ pub struct QuantizedActs {
     f32: Vec<f32>,
     q8_0: Vec<BlockQ8_0>,
     /// The Q8_0 rows again, in groups of eight interleaved for the kernels with one lane per
-    /// row (`Kernels::vec_dot_q4_0_q8_0x8`), when the kernels have them; the rest of the rows
-    /// (fewer than eight) only in `q8_0`.
+    /// row (`Kernels::vec_dot_q4_0_q8_0x8`), when the weights and the kernels have them; the
+    /// rest of the rows (fewer than eight) only in `q8_0`.
     q8_0x8: Vec<BlockQ8_0x8>,
     q8_1: Vec<BlockQ8_1>,
     q8k: Vec<BlockQ8K>,
@@ -133,8 +133,11 @@ impl QuantizedActs {
         self.run_of(t).1 >= TILED_GEMM_MIN_ROWS
     }
 
-    /// Quantizes `x` (`n_rows` rows of `n_in`) to `kind` with kernels `k`.
-    pub fn quantize(&mut self, k: Kernels, kind: VecDotType, x: &[f32], n_in: usize) {
+    /// Quantizes `x` (`n_rows` rows of `n_in`) to `kind` with kernels `k`; with `interleave`
+    /// (the weights take [`takes_interleaved_rows`]) also in interleaved groups of eight rows,
+    /// when `k` has kernels for them.
+    pub fn quantize(&mut self, k: Kernels, kind: VecDotType, x: &[f32], n_in: usize, interleave: bool) {
+        let interleave = interleave && k.has_x8_kernels();
         self.kind = Some(kind);
         self.n_in = n_in;
         self.n_rows = x.len() / n_in;
@@ -150,7 +153,7 @@ impl QuantizedActs {
                     self.q8_0.extend_from_slice(&self.tmp0);
                 }
                 self.q8_0x8.clear();
-                if k.has_x8_kernels() {
+                if interleave {
                     let nb = n_in / 32;
                     for g in self.q8_0.chunks_exact(8 * nb) {
                         interleave_q8_0x8(std::array::from_fn(|r| &g[r * nb..(r + 1) * nb]), &mut self.q8_0x8);
@@ -171,7 +174,7 @@ impl QuantizedActs {
                     self.q8k.extend_from_slice(&self.tmpk);
                 }
                 self.q8kx8.clear();
-                if k.has_x8_kernels() {
+                if interleave {
                     let nb = n_in / 256;
                     for g in self.q8k.chunks_exact(8 * nb) {
                         interleave_q8kx8(std::array::from_fn(|r| &g[r * nb..(r + 1) * nb]), &mut self.q8kx8);
@@ -180,6 +183,12 @@ impl QuantizedActs {
             }
         }
     }
+}
+
+/// Whether `ty` has kernels over eight interleaved activation rows (Q4_0/IQ4_NL on Q8_0 rows,
+/// IQ1_S in its tiled order on Q8_K rows): the activations are interleaved only for those.
+pub(crate) fn takes_interleaved_rows(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL | GgmlType::IQ1_S)
 }
 
 /// Dot product of weight row `w` (type `ty`) with activation row `t` of `acts`.
@@ -353,7 +362,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], out: &mut [f32], acts: &mut QuantizedA
     assert_eq!(x.len(), n_rows * w.n_in, "activation length is not a multiple of the row length");
     assert_eq!(out.len(), n_rows * w.n_out, "output has the wrong length");
     let k = Kernels::active();
-    acts.quantize(k, vec_dot_type(w.ty), x, w.n_in);
+    acts.quantize(k, vec_dot_type(w.ty), x, w.n_in, takes_interleaved_rows(w.ty));
     let acts = &*acts;
     let compute = |r0: usize, chunk: &mut [f32]| compute_rows(k, w, acts, r0, chunk, &mut Vec::new());
     if n_rows == 1 {
@@ -457,7 +466,7 @@ mod tests {
                 let w = random_blocks_varied(ty, n, seed * 7919 + ty.id() as u64);
                 let x: Vec<f32> = xorshift_bytes(n, seed).iter().map(|&b| (b as f32 - 128.0) / 37.0).collect();
                 let mut acts = QuantizedActs::default();
-                acts.quantize(Kernels::scalar(), vec_dot_type(ty), &x, n);
+                acts.quantize(Kernels::scalar(), vec_dot_type(ty), &x, n, false);
                 let got = dot_row(Kernels::scalar(), ty, &w, &acts, 0, &mut Vec::new()) as f64;
                 let mut wf = vec![0.0f32; n];
                 dequantize_row(ty, &w, &mut wf).unwrap();

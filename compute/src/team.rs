@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crate::matmul::{compute_rows, transpose_rows, vec_dot_type, QMatrix, QuantizedActs, ROWS_PER_TASK};
+use crate::matmul::{
+    compute_rows, takes_interleaved_rows, transpose_rows, vec_dot_type, QMatrix, QuantizedActs, ROWS_PER_TASK,
+};
 use crate::quant::simd::Kernels;
 
 /// Buffers a team works in, kept between forward calls so decoding does not allocate.
@@ -373,7 +375,8 @@ impl<'m> Team<'m, '_> {
         // Helpers wake the thread that made the team; only it may wait here.
         assert_eq!(std::thread::current().id(), s.caller.id(), "a team is driven by the thread that made it");
         let k = Kernels::active();
-        s.acts.write().unwrap_or_else(PoisonError::into_inner).quantize(k, vec_dot_type(w0.ty), x, w0.n_in);
+        let interleave = ws.iter().any(|w| takes_interleaved_rows(w.ty));
+        s.acts.write().unwrap_or_else(PoisonError::into_inner).quantize(k, vec_dot_type(w0.ty), x, w0.n_in, interleave);
         let epoch = s.epoch.load(Ordering::Relaxed) + 1;
         let job = Job { ws: group, starts, k, progress: self.next_progress(epoch, n_out) };
         *lock(&s.job) = Some(job.clone());
