@@ -33,6 +33,20 @@ pub struct BlockQ8_0x8 {
     pub offset: [i32; 8],
 }
 
+/// Copies row `r`'s values `src` into its place in every 4-byte group of the interleaved `dst`.
+fn put_row(dst: &mut [i8], r: usize, src: &[i8]) {
+    for (g, v) in src.chunks_exact(4).enumerate() {
+        dst[32 * g + 4 * r..32 * g + 4 * r + 4].copy_from_slice(v);
+    }
+}
+
+/// Row `r`'s values out of the interleaved `src` into `dst` (the inverse of [`put_row`]).
+fn take_row(src: &[i8], r: usize, dst: &mut [i8]) {
+    for (g, v) in dst.chunks_exact_mut(4).enumerate() {
+        v.copy_from_slice(&src[32 * g + 4 * r..32 * g + 4 * r + 4]);
+    }
+}
+
 /// Interleaves eight rows of Q8_0 blocks (each `rows[r]`, of equal length) into `out`, block by
 /// block (see [`BlockQ8_0x8`]).
 pub fn interleave_q8_0x8(rows: [&[BlockQ8_0]; 8], out: &mut Vec<BlockQ8_0x8>) {
@@ -40,13 +54,20 @@ pub fn interleave_q8_0x8(rows: [&[BlockQ8_0]; 8], out: &mut Vec<BlockQ8_0x8>) {
         let mut blk = BlockQ8_0x8 { qs: [0; 256], d: [0.0; 8], offset: [0; 8] };
         for (r, row) in rows.iter().enumerate() {
             let y = &row[b];
-            for g in 0..8 {
-                blk.qs[32 * g + 4 * r..32 * g + 4 * r + 4].copy_from_slice(&y.qs[4 * g..4 * g + 4]);
-            }
+            put_row(&mut blk.qs, r, &y.qs);
             blk.d[r] = y.d;
             blk.offset[r] = 128 * y.qs.iter().map(|&q| q as i32).sum::<i32>();
         }
         out.push(blk);
+    }
+}
+
+impl BlockQ8_0x8 {
+    /// Row `r`'s block, as it was before interleaving.
+    pub fn row(&self, r: usize) -> BlockQ8_0 {
+        let mut y = BlockQ8_0 { d: self.d[r], qs: [0; 32] };
+        take_row(&self.qs, r, &mut y.qs);
+        y
     }
 }
 
@@ -68,15 +89,25 @@ pub fn interleave_q8kx8(rows: [&[BlockQ8K]; 8], out: &mut Vec<BlockQ8Kx8>) {
         let mut blk = BlockQ8Kx8 { qs: [0; 2048], d: [0.0; 8], sums: [0; 64] };
         for (r, row) in rows.iter().enumerate() {
             let y = &row[b];
-            for g in 0..64 {
-                blk.qs[32 * g + 4 * r..32 * g + 4 * r + 4].copy_from_slice(&y.qs[4 * g..4 * g + 4]);
-            }
+            put_row(&mut blk.qs, r, &y.qs);
             blk.d[r] = y.d;
             for j in 0..8 {
                 blk.sums[8 * j + r] = y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32;
             }
         }
         out.push(blk);
+    }
+}
+
+impl BlockQ8Kx8 {
+    /// Row `r`'s block, as it was before interleaving (its 16-element sums recomputed).
+    pub fn row(&self, r: usize) -> BlockQ8K {
+        let mut y = BlockQ8K { d: self.d[r], ..Default::default() };
+        take_row(&self.qs, r, &mut y.qs);
+        for (s, q) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
+            *s = q.iter().map(|&v| v as i16).sum();
+        }
+        y
     }
 }
 

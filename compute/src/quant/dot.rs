@@ -70,33 +70,34 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], value: impl Fn(u8) -> i32) -> f3
 /// interleaved ([`BlockQ8_0x8`]): `out[8i + r]` has exactly the bits of the single-row dot of
 /// weight row `i` with activation row `r`.
 pub fn vec_dot_q4_0_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
-    nibble_blocks_dot_x8(w, a, out, |n| n as i32 - 8)
+    dot_x8(w, 18, a, out, BlockQ8_0x8::row, vec_dot_q4_0_q8_0)
 }
 
 /// [`vec_dot_iq4_nl_q8_0`] of weight rows with eight interleaved activation rows.
 pub fn vec_dot_iq4_nl_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
-    nibble_blocks_dot_x8(w, a, out, |n| KVALUES_IQ4NL[n as usize] as i32)
+    dot_x8(w, 18, a, out, BlockQ8_0x8::row, vec_dot_iq4_nl_q8_0)
 }
 
-/// [`nibble_blocks_dot`] with eight interleaved activation rows: the same integer per row and
-/// block, fused the same way.
-fn nibble_blocks_dot_x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32], value: impl Fn(u8) -> i32) {
-    let rb = 18 * a.len();
+/// The single-row dot `dot` of each weight row of `w` (`block_bytes` per block of `a`) with each
+/// of the eight activation rows interleaved in `a`, taken back out with `row`: the reference of
+/// the interleaved kernels (`out[8i + r]` = weight row `i` · activation row `r`).
+fn dot_x8<B8, B>(
+    w: &[u8],
+    block_bytes: usize,
+    a: &[B8],
+    out: &mut [f32],
+    row: impl Fn(&B8, usize) -> B,
+    dot: impl Fn(&[u8], &[B]) -> f32,
+) {
+    let rb = block_bytes * a.len();
     if rb == 0 {
         return;
     }
+    let rows: Vec<Vec<B>> = (0..8).map(|r| a.iter().map(|y| row(y, r)).collect()).collect();
     for (w, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(8)) {
-        let mut acc = [0.0f32; 8];
-        for (blk, y) in w.chunks_exact(18).zip(a) {
-            let d = f16_at(blk, 0);
-            let qs = &blk[2..18];
-            let v: [i32; 32] = std::array::from_fn(|k| value(if k < 16 { qs[k] & 0x0F } else { qs[k - 16] >> 4 }));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let sumi: i32 = (0..32).map(|k| v[k] * y.qs[32 * (k / 4) + 4 * r + k % 4] as i32).sum();
-                *acc = (sumi as f32).mul_add(d * y.d[r], *acc);
-            }
+        for (o, row) in out.iter_mut().zip(&rows) {
+            *o = dot(w, row);
         }
-        out.copy_from_slice(&acc);
     }
 }
 
@@ -418,25 +419,7 @@ pub fn vec_dot_iq1_s_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
 /// activation rows ([`BlockQ8Kx8`]): `out[8i + r]` has exactly the bits of the single-row dot
 /// of weight row `i` with activation row `r`.
 pub fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
-    let rb = 50 * a.len();
-    if rb == 0 {
-        return;
-    }
-    for (w, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(8)) {
-        for (r, o) in out.iter_mut().enumerate() {
-            let rows: Vec<BlockQ8K> = a
-                .iter()
-                .map(|y| {
-                    let mut b = BlockQ8K { d: y.d[r], ..Default::default() };
-                    for (e, q) in b.qs.iter_mut().enumerate() {
-                        *q = y.qs[32 * (e / 4) + 4 * r + e % 4];
-                    }
-                    b
-                })
-                .collect();
-            *o = vec_dot_iq1_s_q8_k_tiled(w, &rows);
-        }
-    }
+    dot_x8(w, 50, a, out, BlockQ8Kx8::row, vec_dot_iq1_s_q8_k_tiled)
 }
 
 #[cfg(test)]

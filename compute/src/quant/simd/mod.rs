@@ -183,6 +183,19 @@ macro_rules! dispatch_x4 {
     };
 }
 
+/// Calls the interleaved eight-row kernel `$f` (AVX-512 only), or the scalar `dot::$f`.
+macro_rules! dispatch_x8 {
+    ($self:ident, $f:ident, ($($arg:expr),*)) => {
+        match $self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` holds only an instruction set this CPU supports (see the type's
+            // invariant); the kernel needs nothing else of its caller.
+            Isa::Avx512 => unsafe { avx512::$f($($arg),*) },
+            _ => dot::$f($($arg),*),
+        }
+    };
+}
+
 impl Kernels {
     pub fn vec_dot_q4_0_q8_0(self, w: &[u8], a: &[BlockQ8_0]) -> f32 {
         dispatch!(self, vec_dot_q4_0_q8_0, dot::vec_dot_q4_0_q8_0, (w, a))
@@ -304,36 +317,19 @@ impl Kernels {
     /// `out[8i + r]` has exactly the bits of [`Kernels::vec_dot_q4_0_q8_0`] of weight row `i`
     /// with activation row `r`.
     pub fn vec_dot_q4_0_q8_0x8(self, w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
-        match self.isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a `Kernels` holds only an instruction set this CPU supports (see the type's
-            // invariant); the kernel needs nothing else of its caller.
-            Isa::Avx512 => unsafe { avx512::vec_dot_q4_0_q8_0x8(w, a, out) },
-            _ => dot::vec_dot_q4_0_q8_0x8(w, a, out),
-        }
+        dispatch_x8!(self, vec_dot_q4_0_q8_0x8, (w, a, out))
     }
 
     /// As [`Kernels::vec_dot_q4_0_q8_0x8`] for [`Kernels::vec_dot_iq4_nl_q8_0`].
     pub fn vec_dot_iq4_nl_q8_0x8(self, w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
-        match self.isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Isa::Avx512 => unsafe { avx512::vec_dot_iq4_nl_q8_0x8(w, a, out) },
-            _ => dot::vec_dot_iq4_nl_q8_0x8(w, a, out),
-        }
+        dispatch_x8!(self, vec_dot_iq4_nl_q8_0x8, (w, a, out))
     }
 
     /// Weight rows `w` (back to back) · eight interleaved activation rows ([`BlockQ8Kx8`]):
     /// `out[8i + r]` has exactly the bits of [`dot::vec_dot_iq1_s_q8_k_tiled`] of weight row
     /// `i` with activation row `r`.
     pub fn vec_dot_iq1_s_q8_k_tiled_x8(self, w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
-        match self.isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a `Kernels` holds only an instruction set this CPU supports (see the type's
-            // invariant); the kernel needs nothing else of its caller.
-            Isa::Avx512 => unsafe { avx512::vec_dot_iq1_s_q8_k_tiled_x8(w, a, out) },
-            _ => dot::vec_dot_iq1_s_q8_k_tiled_x8(w, a, out),
-        }
+        dispatch_x8!(self, vec_dot_iq1_s_q8_k_tiled_x8, (w, a, out))
     }
 
     /// The single-row kernel `single` once per activation row: the fallback of the `_rows` kernels.
