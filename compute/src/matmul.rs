@@ -128,9 +128,24 @@ impl QuantizedActs {
         }
     }
 
-    /// Whether IQ1_S weights take llama.cpp's tiled-GEMM order for row `t`.
+    /// Whether K-quant and IQ1_S weights take llama.cpp's tiled-GEMM order for row `t`.
     fn tiled(&self, t: usize) -> bool {
         self.run_of(t).1 >= TILED_GEMM_MIN_ROWS
+    }
+
+    /// The rows in maximal ranges of one order: `(rows, tiled)`, in order.
+    fn order_ranges(&self) -> impl Iterator<Item = (std::ops::Range<usize>, bool)> + '_ {
+        let mut t0 = 0;
+        std::iter::from_fn(move || {
+            if t0 >= self.n_rows {
+                return None;
+            }
+            let tiled = self.tiled(t0);
+            let t1 = (t0..self.n_rows).find(|&t| self.tiled(t) != tiled).unwrap_or(self.n_rows);
+            let range = t0..t1;
+            t0 = t1;
+            Some((range, tiled))
+        })
     }
 
     /// Quantizes `x` (`n_rows` rows of `n_in`) to `kind` with kernels `k`; with `interleave`
@@ -173,11 +188,15 @@ impl QuantizedActs {
                     k.quantize_q8_k(row, &mut self.tmpk);
                     self.q8k.extend_from_slice(&self.tmpk);
                 }
+                // The interleaved kernels on Q8_K rows are all in the tiled order: groups only when
+                // some row takes it, the last group padded with zero rows.
                 self.q8kx8.clear();
-                if interleave {
-                    let nb = n_in / 256;
-                    for g in self.q8k.chunks_exact(8 * nb) {
-                        interleave_q8kx8(std::array::from_fn(|r| &g[r * nb..(r + 1) * nb]), &mut self.q8kx8);
+                let nb = n_in / 256;
+                if interleave && nb > 0 && (0..self.n_rows).any(|t| self.tiled(t)) {
+                    let zeros = vec![BlockQ8K::default(); nb];
+                    for g in self.q8k.chunks(8 * nb) {
+                        let row = |r: usize| g.get(r * nb..(r + 1) * nb).unwrap_or(&zeros);
+                        interleave_q8kx8(std::array::from_fn(row), &mut self.q8kx8);
                     }
                 }
             }
@@ -185,10 +204,12 @@ impl QuantizedActs {
     }
 }
 
-/// Whether `ty` has kernels over eight interleaved activation rows (Q4_0/IQ4_NL on Q8_0 rows,
-/// IQ1_S in its tiled order on Q8_K rows): the activations are interleaved only for those.
+/// Whether `ty` has kernels over eight interleaved activation rows (Q4_0/IQ4_NL on Q8_0 rows;
+/// IQ1_S, Q4_K and Q6_K in their tiled order on Q8_K rows): the activations are interleaved only
+/// for those.
 pub(crate) fn takes_interleaved_rows(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL | GgmlType::IQ1_S)
+    use GgmlType::*;
+    matches!(ty, Q4_0 | IQ4_NL | IQ1_S | Q4_K | Q6_K)
 }
 
 /// Dot product of weight row `w` (type `ty`) with activation row `t` of `acts`.
@@ -221,8 +242,10 @@ fn dot_row(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, s
             let a = &acts.q8k[t * n / 256..(t + 1) * n / 256];
             match ty {
                 Q2_K => k.vec_dot_q2_k_q8_k(w, a, in_group_of_four),
+                Q4_K if acts.tiled(t) => k.vec_dot_q4_k_q8_k_tiled(w, a),
                 Q4_K => k.vec_dot_q4_k_q8_k(w, a),
                 Q5_K => k.vec_dot_q5_k_q8_k(w, a),
+                Q6_K if acts.tiled(t) => k.vec_dot_q6_k_q8_k_tiled(w, a),
                 Q6_K => k.vec_dot_q6_k_q8_k(w, a),
                 IQ1_S if acts.tiled(t) => k.vec_dot_iq1_s_q8_k_tiled(w, a),
                 IQ1_S => k.vec_dot_iq1_s_q8_k(w, a),
@@ -295,6 +318,35 @@ pub(crate) fn compute_rows(
         }
         return;
     }
+    // Q4_K/Q6_K with interleaved groups of eight activation rows (some rows in the tiled order):
+    // the groups through the kernel that takes eight weight rows at a time, its lanes kept for
+    // the rows in the tiled order; the other rows through the multi-row kernels.
+    let nbk = acts.n_in / 256;
+    if matches!(w.ty, GgmlType::Q4_K | GgmlType::Q6_K) && !acts.q8kx8.is_empty() && nbk > 0 {
+        let (n_rows, groups) = (acts.n_rows, acts.q8kx8.len() / nbk);
+        scratch.resize(n_w * groups * 8, 0.0);
+        if w.ty == GgmlType::Q4_K {
+            k.vec_dot_q4_k_q8_k_tiled_x8(rows, &acts.q8kx8, groups, scratch);
+        } else {
+            k.vec_dot_q6_k_q8_k_tiled_x8(rows, &acts.q8kx8, groups, scratch);
+        }
+        for (range, tiled) in acts.order_ranges() {
+            for (i, (wr, o)) in rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)).enumerate() {
+                if tiled {
+                    let lanes = &scratch[i * groups * 8..(i + 1) * groups * 8];
+                    o[range.clone()].copy_from_slice(&lanes[range.clone()]);
+                } else {
+                    let (a, o) = (&acts.q8k[range.start * nbk..range.end * nbk], &mut o[range.clone()]);
+                    if w.ty == GgmlType::Q4_K {
+                        k.vec_dot_q4_k_q8_k_rows(wr, a, o);
+                    } else {
+                        k.vec_dot_q6_k_q8_k_rows(wr, a, o);
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (wr, o) in rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(acts.n_rows)) {
         if !dot_rows(k, w.ty, wr, acts, o) {
             for (t, v) in o.iter_mut().enumerate() {
@@ -321,10 +373,8 @@ fn dot_rows(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, out: &mut 
         (Some(VecDotType::Q8K), IQ1_S) => {
             // Consecutive rows of the same order through one kernel call.
             let nb = acts.n_in / 256;
-            let mut t0 = 0;
-            while t0 < acts.n_rows {
-                let tiled = acts.tiled(t0);
-                let t1 = (t0..acts.n_rows).find(|&t| acts.tiled(t) != tiled).unwrap_or(acts.n_rows);
+            for (range, tiled) in acts.order_ranges() {
+                let (t0, t1) = (range.start, range.end);
                 if tiled {
                     // Whole interleaved groups of eight inside the run through the kernel with one
                     // lane per row, the other rows through the multi-row kernel.
@@ -344,12 +394,21 @@ fn dot_rows(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, out: &mut 
                 } else {
                     k.vec_dot_iq1_s_q8_k_rows(w, &acts.q8k[t0 * nb..t1 * nb], &mut out[t0..t1]);
                 }
-                t0 = t1;
             }
         }
-        (Some(VecDotType::Q8K), Q4_K) => k.vec_dot_q4_k_q8_k_rows(w, &acts.q8k[..n / 256], out),
+        (Some(VecDotType::Q8K), Q4_K | Q6_K) => {
+            let nb = acts.n_in / 256;
+            for (range, tiled) in acts.order_ranges() {
+                let (a, o) = (&acts.q8k[range.start * nb..range.end * nb], &mut out[range]);
+                match (ty, tiled) {
+                    (Q4_K, true) => k.vec_dot_q4_k_q8_k_tiled_rows(w, a, o),
+                    (Q4_K, false) => k.vec_dot_q4_k_q8_k_rows(w, a, o),
+                    (_, true) => k.vec_dot_q6_k_q8_k_tiled_rows(w, a, o),
+                    (_, false) => k.vec_dot_q6_k_q8_k_rows(w, a, o),
+                }
+            }
+        }
         (Some(VecDotType::Q8K), Q5_K) => k.vec_dot_q5_k_q8_k_rows(w, &acts.q8k[..n / 256], out),
-        (Some(VecDotType::Q8K), Q6_K) => k.vec_dot_q6_k_q8_k_rows(w, &acts.q8k[..n / 256], out),
         _ => return false,
     }
     true

@@ -418,40 +418,69 @@ fn multi_row_dots_match_single_row_dots() {
     }
 }
 
+/// The types with a second, tiled-GEMM order (llama.cpp's `ggml-cpu/tiled`, batches of 8+ rows).
+const TILED_TYPES: [GgmlType; 3] = [GgmlType::IQ1_S, GgmlType::Q4_K, GgmlType::Q6_K];
+
+/// The scalar tiled-order reference of `ty`.
+fn tiled_reference(ty: GgmlType, w: &[u8], a: &[BlockQ8K]) -> f32 {
+    match ty {
+        GgmlType::IQ1_S => dot::vec_dot_iq1_s_q8_k_tiled(w, a),
+        GgmlType::Q4_K => dot::vec_dot_q4_k_q8_k_tiled(w, a),
+        GgmlType::Q6_K => dot::vec_dot_q6_k_q8_k_tiled(w, a),
+        _ => panic!("{ty} has no tiled order"),
+    }
+}
+
 #[test]
-fn iq1_s_tiled_order_rows_match_scalar() {
-    // Goal: the multi-row IQ1_S kernel in llama.cpp's tiled-GEMM order gives every activation row
-    // the bits of its scalar reference `dot::vec_dot_iq1_s_q8_k_tiled`, on every path (scalar
-    // included), and that order is really another one (else the test could not tell them
-    // apart); method: 1..=9, 12, 13, 17 rows × ragged block counts, random blocks.
+fn tiled_order_rows_match_scalar() {
+    // Goal: the multi-row (and Q4_K/Q6_K single-row) kernels in llama.cpp's tiled-GEMM order give
+    // every activation row the bits of its scalar reference, on every path (scalar included), and
+    // that order is really another one (else the test could not tell them apart); method:
+    // 1..=9, 12, 13, 17 rows × ragged block counts, random blocks.
     let mut paths = simd_paths();
     paths.insert(0, Kernels::scalar());
-    let mut rng = StdRng::seed_from_u64(8128);
-    let mut orders_differ = 0;
-    for n_rows in (1..=9).chain([12, 13, 17]) {
-        for n_blocks in [1, 2, 3, 5, 6, 8, 13] {
-            let w = random_blocks(&mut rng, GgmlType::IQ1_S, n_blocks);
-            let x = random_acts(&mut rng, n_rows * n_blocks * 256);
-            let Acts::Q8K(a) = quantize_rows(GgmlType::IQ1_S, &x, n_rows) else { unreachable!("IQ1_S takes Q8_K") };
-            let want: Vec<f32> = a.chunks_exact(n_blocks).map(|row| dot::vec_dot_iq1_s_q8_k_tiled(&w, row)).collect();
-            for (row, t) in a.chunks_exact(n_blocks).zip(&want) {
-                orders_differ += usize::from(dot::vec_dot_iq1_s_q8_k(&w, row).to_bits() != t.to_bits());
-            }
-            for &k in &paths {
-                let mut got = vec![f32::NAN; n_rows];
-                k.vec_dot_iq1_s_q8_k_tiled_rows(&w, &a, &mut got);
-                for (t, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert_eq!(
-                        g.to_bits(),
-                        w.to_bits(),
-                        "{} row {t} of {n_rows}, {n_blocks} blocks: {g:e} vs scalar {w:e}",
-                        k.isa().name()
-                    );
+    for ty in TILED_TYPES {
+        let mut rng = StdRng::seed_from_u64(8128 + ty.id() as u64);
+        let mut orders_differ = 0;
+        for n_rows in (1..=9).chain([12, 13, 17]) {
+            for n_blocks in [1, 2, 3, 5, 6, 8, 13] {
+                let w = random_blocks(&mut rng, ty, n_blocks);
+                let x = random_acts(&mut rng, n_rows * n_blocks * 256);
+                let Acts::Q8K(a) = quantize_rows(ty, &x, n_rows) else { unreachable!("{ty} takes Q8_K") };
+                let want: Vec<f32> = a.chunks_exact(n_blocks).map(|row| tiled_reference(ty, &w, row)).collect();
+                for (row, t) in a.chunks_exact(n_blocks).zip(&want) {
+                    let other = reference(ty, &w, &Acts::Q8K(row.to_vec()), false);
+                    orders_differ += usize::from(other.to_bits() != t.to_bits());
+                }
+                for &k in &paths {
+                    let mut got = vec![f32::NAN; n_rows];
+                    match ty {
+                        GgmlType::IQ1_S => k.vec_dot_iq1_s_q8_k_tiled_rows(&w, &a, &mut got),
+                        GgmlType::Q4_K => k.vec_dot_q4_k_q8_k_tiled_rows(&w, &a, &mut got),
+                        _ => k.vec_dot_q6_k_q8_k_tiled_rows(&w, &a, &mut got),
+                    }
+                    for (t, row) in a.chunks_exact(n_blocks).enumerate() {
+                        match ty {
+                            GgmlType::Q4_K => got.push(k.vec_dot_q4_k_q8_k_tiled(&w, row)),
+                            GgmlType::Q6_K => got.push(k.vec_dot_q6_k_q8_k_tiled(&w, row)),
+                            _ => got.push(want[t]),
+                        }
+                    }
+                    for (j, (g, w)) in got.iter().zip(want.iter().cycle()).enumerate() {
+                        let kind = if j < n_rows { "multi-row" } else { "single-row" };
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{} {ty} {kind} row {} of {n_rows}, {n_blocks} blocks: {g:e} vs scalar {w:e}",
+                            k.isa().name(),
+                            j % n_rows
+                        );
+                    }
                 }
             }
         }
+        assert!(orders_differ > 0, "{ty}: the tiled order never differed from the vector-dot order");
     }
-    assert!(orders_differ > 0, "the tiled order never differed from the vector-dot order");
 }
 
 /// `got[8i + r]` (weight row `i` × interleaved activation row `r`) equals `want` bit for bit.
@@ -528,6 +557,58 @@ fn interleaved_eight_row_iq1_s_dots_match_tiled_order() {
                 let mut got = vec![f32::NAN; 8 * n_w];
                 k.vec_dot_iq1_s_q8_k_tiled_x8(&w, &a8, &mut got);
                 assert_x8_bits(&got, &want, &format!("{} {ty}, {n_blocks} blocks", k.isa().name()));
+            }
+        }
+    }
+}
+
+#[test]
+fn interleaved_k_quant_groups_match_tiled_order() {
+    // Goal: the Q4_K/Q6_K kernels over groups of eight interleaved Q8_K activation rows give each
+    // (weight row, activation row) the bits of the single-row tiled-order scalar reference, on
+    // every path (scalar included); method: 1..=17 weight rows (whole groups of eight weight rows
+    // and every remainder) × 1..=3 activation groups × ragged block counts, the last group padded
+    // with zero rows as the matmul pads it, and rows saturated at ±127 in some seeds.
+    let mut paths = simd_paths();
+    paths.insert(0, Kernels::scalar());
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+        let mut rng = StdRng::seed_from_u64(5151 + ty.id() as u64);
+        for seed in 0..4 {
+            for (n_w, n_rows, n_blocks) in [(1, 8, 1), (3, 13, 2), (8, 16, 3), (9, 5, 1), (17, 24, 2), (16, 8, 5)] {
+                let w = random_blocks(&mut rng, ty, n_w * n_blocks);
+                let mut x = random_acts(&mut rng, n_rows * n_blocks * 256);
+                if seed == 3 {
+                    x.iter_mut().for_each(|v| *v = if *v < 0.0 { -3.0 } else { 3.0 });
+                }
+                let Acts::Q8K(a) = quantize_rows(ty, &x, n_rows) else { unreachable!("{ty} takes Q8_K") };
+                let zeros = vec![BlockQ8K::default(); n_blocks];
+                let mut a8 = Vec::new();
+                for g in a.chunks(8 * n_blocks) {
+                    let row = |r: usize| g.get(r * n_blocks..(r + 1) * n_blocks).unwrap_or(&zeros);
+                    interleave_q8kx8(std::array::from_fn(row), &mut a8);
+                }
+                let groups = n_rows.div_ceil(8);
+                let rb = w.len() / n_w;
+                for &k in &paths {
+                    let mut got = vec![f32::NAN; n_w * groups * 8];
+                    if ty == GgmlType::Q4_K {
+                        k.vec_dot_q4_k_q8_k_tiled_x8(&w, &a8, groups, &mut got);
+                    } else {
+                        k.vec_dot_q6_k_q8_k_tiled_x8(&w, &a8, groups, &mut got);
+                    }
+                    for (i, wr) in w.chunks_exact(rb).enumerate() {
+                        for t in 0..n_rows {
+                            let want = tiled_reference(ty, wr, &a[t * n_blocks..(t + 1) * n_blocks]);
+                            let g = got[i * groups * 8 + t];
+                            assert_eq!(
+                                g.to_bits(),
+                                want.to_bits(),
+                                "{} {ty}: weight row {i} of {n_w} × act row {t} of {n_rows}, {n_blocks} blocks: {g:e} vs {want:e}",
+                                k.isa().name()
+                            );
+                        }
+                    }
+                }
             }
         }
     }

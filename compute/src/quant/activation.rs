@@ -73,26 +73,31 @@ impl BlockQ8_0x8 {
 
 /// One Q8_K block of eight activation rows, interleaved like [`BlockQ8_0x8`]: bytes
 /// `32g..32g + 32` hold elements `4g..4g + 4` of row 0, then of row 1, … row 7 (64 groups); with
-/// each row's scale and, for each 32-element sub-block `j`, the rows' value sums at `8j..8j + 8`.
+/// each row's scale and, for each 32-element sub-block `j`, the rows' value sums at `8j..8j + 8`
+/// (`sums`), and for each 16-element group `j` at `8j..8j + 8` (`sums16`).
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(32))]
 pub struct BlockQ8Kx8 {
     pub qs: [i8; 2048],
     pub d: [f32; 8],
     pub sums: [i32; 64],
+    pub sums16: [i32; 128],
 }
 
 /// Interleaves eight rows of Q8_K blocks (each `rows[r]`, of equal length) into `out`, block by
 /// block (see [`BlockQ8Kx8`]).
 pub fn interleave_q8kx8(rows: [&[BlockQ8K]; 8], out: &mut Vec<BlockQ8Kx8>) {
     for b in 0..rows[0].len() {
-        let mut blk = BlockQ8Kx8 { qs: [0; 2048], d: [0.0; 8], sums: [0; 64] };
+        let mut blk = BlockQ8Kx8 { qs: [0; 2048], d: [0.0; 8], sums: [0; 64], sums16: [0; 128] };
         for (r, row) in rows.iter().enumerate() {
             let y = &row[b];
             put_row(&mut blk.qs, r, &y.qs);
             blk.d[r] = y.d;
             for j in 0..8 {
                 blk.sums[8 * j + r] = y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32;
+            }
+            for (j, &s) in y.bsums.iter().enumerate() {
+                blk.sums16[8 * j + r] = s as i32;
             }
         }
         out.push(blk);

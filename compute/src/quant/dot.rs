@@ -312,6 +312,26 @@ fn q5k_block_dot(head: &[u8], qh: &[u8], qs: &[u8], y: &BlockQ8K) -> f32 {
     d * sumi as f32 - dmin * summ as f32
 }
 
+/// One Q6_K block's 256 values, unsigned (0..64: the stored 6 bits, 32 above the signed value),
+/// and its sixteen scales.
+fn q6_k_values(blk: &[u8]) -> ([u8; 256], [i32; 16]) {
+    let mut vals = [0u8; 256];
+    let ql = &blk[0..128];
+    let qh = &blk[128..192];
+    for half in 0..2 {
+        let ql = &ql[half * 64..half * 64 + 64];
+        let qh = &qh[half * 32..half * 32 + 32];
+        let out = &mut vals[half * 128..half * 128 + 128];
+        for l in 0..32 {
+            out[l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
+            out[l + 32] = (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4);
+            out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    (vals, std::array::from_fn(|j| blk[192 + j] as i8 as i32))
+}
+
 /// Q6_K (210-byte blocks: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 i8 scales, f16 d) · Q8_K.
 ///
 /// Summed in eight lanes, as the SIMD kernels sum: the values are taken unsigned (0..64) and
@@ -321,22 +341,8 @@ fn q5k_block_dot(head: &[u8], qh: &[u8], qs: &[u8], y: &BlockQ8K) -> f32 {
 /// `acc` with `d`, and `acc` is reduced as `hsum_float_8` at the end.
 pub fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc = [0.0f32; 8];
-    let mut vals = [0u8; 256];
     for (blk, y) in w.chunks_exact(210).zip(a) {
-        let ql = &blk[0..128];
-        let qh = &blk[128..192];
-        let scales: [i32; 16] = std::array::from_fn(|j| blk[192 + j] as i8 as i32);
-        for half in 0..2 {
-            let ql = &ql[half * 64..half * 64 + 64];
-            let qh = &qh[half * 32..half * 32 + 32];
-            let out = &mut vals[half * 128..half * 128 + 128];
-            for l in 0..32 {
-                out[l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
-                out[l + 32] = (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4);
-                out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-                out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-            }
-        }
+        let (vals, scales) = q6_k_values(blk);
         let mut lanes = [0i32; 8];
         for (e, (&v, &q)) in vals.iter().zip(&y.qs).enumerate() {
             lanes[(e % 32) / 4] += scales[e / 16] * (v as i32 * q as i32);
@@ -420,6 +426,87 @@ pub fn vec_dot_iq1_s_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
 /// of weight row `i` with activation row `r`.
 pub fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
     dot_x8(w, 50, a, out, BlockQ8Kx8::row, vec_dot_iq1_s_q8_k_tiled)
+}
+
+/// Q4_K · Q8_K in the order of llama.cpp's tiled CPU GEMM (`ggml-cpu/tiled`), which multiplies
+/// Q4_K weights it has not repacked (`--repack 0`, prima's mmap'd weights) with batches of 8+
+/// activation rows. Per super-block two exact integers, `s1 = Σ_j sc_j · Σ x·q` and
+/// `s2 = Σ_j m_j · (32-element sums)`; then `r = fl(s1·d)`, `r = fma(-dmin, s2, r)` and
+/// `acc = fma(r, y.d, acc)`, blocks in order from +0.
+pub fn vec_dot_q4_k_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0f32;
+    for (blk, y) in w.chunks_exact(144).zip(a) {
+        let (head, qs) = blk.split_at(16);
+        let mut scale_bytes = [0u8; 12];
+        scale_bytes.copy_from_slice(&head[4..16]);
+        let (sc, m) = scales_mins_k4(&scale_bytes);
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for j in 0..8 {
+            let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let shift = 4 * (j % 2);
+            let dot: i32 = (0..32).map(|e| ((q[e] >> shift) & 0x0F) as i32 * y.qs[32 * j + e] as i32).sum();
+            s1 += sc[j] as i32 * dot;
+            s2 += m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+        let r = (-f16_at(head, 2)).mul_add(s2 as f32, s1 as f32 * f16_at(head, 0));
+        acc = r.mul_add(y.d, acc);
+    }
+    acc
+}
+
+/// Q6_K · Q8_K in the order of llama.cpp's tiled CPU GEMM (see [`vec_dot_q4_k_q8_k_tiled`]): per
+/// super-block one exact integer `s = Σ_j sc_j · (Σ x·q - 32 · (16-element sum))` over the
+/// unsigned values `x`; then `r = fl(s·d)` and `acc = fma(r, y.d, acc)`, blocks in order from +0.
+pub fn vec_dot_q6_k_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0f32;
+    for (blk, y) in w.chunks_exact(210).zip(a) {
+        let (vals, scales) = q6_k_values(blk);
+        let mut s = 0i32;
+        for j in 0..16 {
+            let dot: i32 = (16 * j..16 * j + 16).map(|e| vals[e] as i32 * y.qs[e] as i32).sum();
+            s += scales[j] * (dot - 32 * y.bsums[j] as i32);
+        }
+        let r = s as f32 * f16_at(blk, 208);
+        acc = r.mul_add(y.d, acc);
+    }
+    acc
+}
+
+/// [`vec_dot_q4_k_q8_k_tiled`] of weight rows `w` (back to back) with `groups` groups of eight
+/// interleaved activation rows (`a`: each group's blocks in turn): `out[(i·groups + g)·8 + r]`
+/// has exactly the bits of the single-row dot of weight row `i` with row `r` of group `g`.
+pub fn vec_dot_q4_k_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+    dot_groups_x8(w, 144, a, groups, out, vec_dot_q4_k_q8_k_tiled)
+}
+
+/// As [`vec_dot_q4_k_q8_k_tiled_x8`] for [`vec_dot_q6_k_q8_k_tiled`].
+pub fn vec_dot_q6_k_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+    dot_groups_x8(w, 210, a, groups, out, vec_dot_q6_k_q8_k_tiled)
+}
+
+/// The single-row reference `dot` of every weight row with every row of `groups` interleaved
+/// groups, laid out as [`vec_dot_q4_k_q8_k_tiled_x8`] says.
+fn dot_groups_x8(
+    w: &[u8],
+    block_bytes: usize,
+    a: &[BlockQ8Kx8],
+    groups: usize,
+    out: &mut [f32],
+    dot: impl Fn(&[u8], &[BlockQ8K]) -> f32,
+) {
+    let nb = a.len() / groups.max(1);
+    let rb = block_bytes * nb;
+    if rb == 0 {
+        return;
+    }
+    for (g, ga) in a.chunks_exact(nb).enumerate() {
+        let rows: Vec<Vec<BlockQ8K>> = (0..8).map(|r| ga.iter().map(|y| y.row(r)).collect()).collect();
+        for (i, w) in w.chunks_exact(rb).enumerate() {
+            for (r, row) in rows.iter().enumerate() {
+                out[(i * groups + g) * 8 + r] = dot(w, row);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

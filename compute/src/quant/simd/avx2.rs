@@ -507,16 +507,16 @@ fn prefetch_weights(blk: &[u8]) {
 
 /// One Q4_K super-block unpacked: sub-block `j`'s 32 values, its scale in every i16 lane, the
 /// eight mins as i16 pairs (lane `i` pairs with the activations' `bsums[i]`), and `d`, `dmin`.
-struct Q4kBlock {
-    x: [__m256i; 8],
-    sc: [__m256i; 8],
-    mins: __m256i,
-    dm: __m128,
+pub(super) struct Q4kBlock {
+    pub(super) x: [__m256i; 8],
+    pub(super) sc: [__m256i; 8],
+    pub(super) mins: __m256i,
+    pub(super) dm: __m128,
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4k_unpack(blk: &[u8; 144]) -> Q4kBlock {
+pub(super) fn q4k_unpack(blk: &[u8; 144]) -> Q4kBlock {
     let (sc, m) = scales_mins_k4(sub(blk, 4));
     let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(sc))));
     let m8 = _mm_cvtsi64_si128(i64::from_le_bytes(m));
@@ -586,16 +586,16 @@ pub unsafe fn vec_dot_q5_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
 /// One Q6_K super-block unpacked: run `i`'s 32 values (unsigned, 0..64), the scales of its two
 /// 16-element groups as i16 (the first in the low eight lanes), all sixteen scales as i16 (for
 /// the offset), and `d`.
-struct Q6kBlock {
-    x: [__m256i; 8],
+pub(super) struct Q6kBlock {
+    pub(super) x: [__m256i; 8],
     sc: [__m256i; 8],
     sc16: __m256i,
-    d: f32,
+    pub(super) d: f32,
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6k_unpack(blk: &[u8; 210]) -> Q6kBlock {
+pub(super) fn q6k_unpack(blk: &[u8; 210]) -> Q6kBlock {
     let low = _mm256_set1_epi8(0x0F);
     let mask = |m: i8| _mm256_set1_epi8(m);
     let mut x = [_mm256_setzero_si256(); 8];
@@ -1086,6 +1086,107 @@ pub(super) fn q6_k_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q6_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
     in_row_groups!(q6_k_rows, w, a, out)
+}
+
+/// `dot::vec_dot_q4_k_q8_k_tiled` (llama.cpp's tiled-GEMM order) for `R` (at most four)
+/// activation rows: per block the exact integers `s1` (scaled sums) and `s2` (mins × sums) of
+/// the four rows come out of one reduction each, then per lane `r = fma(-dmin, s2, fl(s1·d))`
+/// and `acc = fma(r, y.d, acc)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_tiled_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let z = _mm256_setzero_si256();
+    let mut acc = _mm_setzero_ps();
+    for (b, blk) in w.chunks_exact(144).take(nb).enumerate() {
+        let x = q4k_unpack(sub(blk, 0));
+        let scaled = |r: usize| {
+            if r >= R {
+                return z;
+            }
+            let y = &ys[r][b];
+            let mut lanes = z;
+            for j in 0..8 {
+                // 4-bit values × |activations| ≤ 128: pair sums ≤ 3840; × 6-bit scales fits i32.
+                let p16 = _mm256_maddubs_epi16(x.x[j], load32_i8(sub_i8(&y.qs, 32 * j)));
+                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p16, x.sc[j]));
+            }
+            lanes
+        };
+        let mins = |r: usize| if r < R { _mm256_madd_epi16(load16_i16(&ys[r][b].bsums), x.mins) } else { z };
+        let s1 = _mm_cvtepi32_ps(hsum_i32_x4(scaled(0), scaled(1), scaled(2), scaled(3)));
+        let s2 = _mm_cvtepi32_ps(hsum_i32_x4(mins(0), mins(1), mins(2), mins(3)));
+        let d = _mm_shuffle_ps::<0x00>(x.dm, x.dm);
+        let dmin = _mm_shuffle_ps::<0x55>(x.dm, x.dm);
+        let r = _mm_fnmadd_ps(dmin, s2, _mm_mul_ps(s1, d));
+        let yd = |r: usize| if r < R { ys[r][b].d } else { 0.0 };
+        acc = _mm_fmadd_ps(r, _mm_setr_ps(yd(0), yd(1), yd(2), yd(3)), acc);
+    }
+    out.copy_from_slice(&to_array(acc)[..R]);
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_k_q8_k_tiled_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q4_k_tiled_rows, w, a, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_k_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut out = [0.0f32];
+    q4_k_tiled_rows::<1>(w, a, a.len(), &mut out);
+    out[0]
+}
+
+/// `dot::vec_dot_q6_k_q8_k_tiled` for `R` (at most four) activation rows, as
+/// [`q4_k_tiled_rows`]: one exact integer per row and block, `r = fl(s·d)`, `acc = fma(r, y.d, acc)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_tiled_rows<const R: usize>(w: &[u8], a: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+    let ys: [&[BlockQ8K]; R] = split_rows(a, nb);
+    let z = _mm256_setzero_si256();
+    let mut acc = _mm_setzero_ps();
+    for (b, blk) in w.chunks_exact(210).take(nb).enumerate() {
+        let x = q6k_unpack(sub(blk, 0));
+        let row = |r: usize| {
+            if r >= R {
+                return z;
+            }
+            let y = &ys[r][b];
+            let mut lanes = z;
+            for i in 0..8 {
+                // 6-bit values × |activations| ≤ 128: pair sums ≤ 16128.
+                let p16 = _mm256_maddubs_epi16(x.x[i], load32_i8(sub_i8(&y.qs, 32 * i)));
+                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p16, x.sc[i]));
+            }
+            let offset = _mm256_madd_epi16(load16_i16(&y.bsums), x.sc16);
+            _mm256_sub_epi32(lanes, _mm256_slli_epi32(offset, 5))
+        };
+        let s = _mm_cvtepi32_ps(hsum_i32_x4(row(0), row(1), row(2), row(3)));
+        let r = _mm_mul_ps(s, _mm_set1_ps(x.d));
+        let yd = |r: usize| if r < R { ys[r][b].d } else { 0.0 };
+        acc = _mm_fmadd_ps(r, _mm_setr_ps(yd(0), yd(1), yd(2), yd(3)), acc);
+    }
+    out.copy_from_slice(&to_array(acc)[..R]);
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q6_k_q8_k_tiled_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    in_row_groups!(q6_k_tiled_rows, w, a, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q6_k_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut out = [0.0f32];
+    q6_k_tiled_rows::<1>(w, a, a.len(), &mut out);
+    out[0]
 }
 
 /// `max |x|` over a multiple of 8 floats, ignoring NaNs as `f32::max` does.

@@ -13,13 +13,15 @@ use half::f16;
 use super::avx2::{
     f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, in_row_groups,
     iq1_s_sub_block, iq4_nl_values, lane, load16_i16, load32, load32_i8, nibble_blocks_dot_x4, nibbles, q4_0_values,
-    q4_k_rows, q5_k_rows, q6_k_rows, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
+    q4_k_rows, q5_k_rows, q6_k_rows, q6k_unpack, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
+use crate::quant::dot::scales_mins_k4;
 
 pub use super::avx2::{
     f16_axpy, f16_scale, f32_axpy_f16, quantize_q8_0, quantize_q8_1, quantize_q8_k, vec_dot_iq1_s_q8_k_tiled_rows,
-    vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k,
+    vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k, vec_dot_q4_k_q8_k_tiled, vec_dot_q4_k_q8_k_tiled_rows, vec_dot_q5_0_q8_0,
+    vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q6_k_q8_k_tiled, vec_dot_q6_k_q8_k_tiled_rows,
 };
 
 /// `IQ1S_DELTA` of the reference kernel.
@@ -442,6 +444,190 @@ pub unsafe fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], out: &mut 
         // alignment requirement.
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) }
     }
+}
+
+/// Super-block `b` of up to eight weight rows, unpacked for [`k_tiled_x8`]: each row's 256 values
+/// as unsigned bytes (element order), its sub-block scales (and Q4_K mins) as i32, `d` and `dmin`.
+#[repr(C, align(32))]
+struct KTile {
+    q: [[u8; 256]; 8],
+    sc: [[i32; 16]; 8],
+    mn: [[i32; 8]; 8],
+    d: [f32; 8],
+    dmin: [f32; 8],
+}
+
+/// Q4_K block `blk` into row `t` of `tile`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q4k_into_tile(blk: &[u8], tile: &mut KTile, t: usize) {
+    let low = _mm256_set1_epi8(0x0F);
+    let q = &mut tile.q[t];
+    for p in 0..4 {
+        // Sub-block 2p is the low nibbles of bytes 32p..32p + 32, sub-block 2p + 1 the high ones.
+        let v = load32(sub(blk, 16 + 32 * p));
+        // SAFETY: writes bytes 64p..64p + 64 of the 256 of `q`; `storeu` has no alignment requirement.
+        unsafe {
+            _mm256_storeu_si256(q.as_mut_ptr().add(64 * p).cast(), _mm256_and_si256(v, low));
+            _mm256_storeu_si256(q.as_mut_ptr().add(64 * p + 32).cast(), _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+        }
+    }
+    let (sc, m) = scales_mins_k4(sub(blk, 4));
+    for j in 0..8 {
+        tile.sc[t][j] = sc[j] as i32;
+        tile.mn[t][j] = m[j] as i32;
+    }
+    tile.d[t] = f16_at(blk, 0);
+    tile.dmin[t] = f16_at(blk, 2);
+}
+
+/// Q6_K block `blk` into row `t` of `tile` (values unsigned, 0..64).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q6k_into_tile(blk: &[u8], tile: &mut KTile, t: usize) {
+    let x = q6k_unpack(sub(blk, 0));
+    let q = &mut tile.q[t];
+    for (i, v) in x.x.iter().enumerate() {
+        // SAFETY: writes bytes 32i..32i + 32 of the 256 of `q`; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(32 * i).cast(), *v) };
+    }
+    for j in 0..16 {
+        tile.sc[t][j] = blk[192 + j] as i8 as i32;
+    }
+    tile.d[t] = x.d;
+}
+
+/// The four bytes of row `t` of `tile` at `at`, in every lane.
+#[inline(always)]
+fn tile_word(tile: &KTile, t: usize, at: usize) -> i32 {
+    i32::from_le_bytes(*sub(&tile.q[t], at))
+}
+
+/// One Q4_K super-block of eight weight rows (`tile`) × eight interleaved activation rows `y`:
+/// per weight row `t`, lane `r` = `fma(-dmin, s2, fl(s1·d))` of `dot::vec_dot_q4_k_q8_k_tiled`.
+/// Each 4-byte group of activations (eight rows) is loaded once for the eight weight rows, each
+/// weight word broadcast from the tile into one `vpdpbusd`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q4k_block_8x8(tile: &KTile, y: &BlockQ8Kx8) -> [__m256; 8] {
+    let z = _mm256_setzero_si256();
+    let mut s1 = [z; 8];
+    for s in 0..8 {
+        let mut acc = [z; 8];
+        for q in 0..8 {
+            let codes = load32_i8(sub_i8(&y.qs, 32 * (8 * s + q)));
+            for (t, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_dpbusd_epi32(*acc, _mm256_set1_epi32(tile_word(tile, t, 32 * s + 4 * q)), codes);
+            }
+        }
+        for (t, s1) in s1.iter_mut().enumerate() {
+            // |Σ x·q| ≤ 15·128·32 per sub-block, × 6-bit scales, 8 sub-blocks: fits i32.
+            *s1 = _mm256_add_epi32(*s1, _mm256_mullo_epi32(acc[t], _mm256_set1_epi32(tile.sc[t][s])));
+        }
+    }
+    // A loop, not `array::from_fn`: its closure was not inlined into this function.
+    let mut s2 = [z; 8];
+    for s in 0..8 {
+        // SAFETY: reads sums 8s..8s + 8 of the 64; `loadu` has no alignment requirement.
+        let sums = unsafe { _mm256_loadu_si256(y.sums.as_ptr().add(8 * s).cast()) };
+        for (t, s2) in s2.iter_mut().enumerate() {
+            *s2 = _mm256_add_epi32(*s2, _mm256_mullo_epi32(sums, _mm256_set1_epi32(tile.mn[t][s])));
+        }
+    }
+    let mut r = [_mm256_setzero_ps(); 8];
+    for (t, r) in r.iter_mut().enumerate() {
+        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(s1[t]), _mm256_set1_ps(tile.d[t]));
+        *r = _mm256_fnmadd_ps(_mm256_set1_ps(tile.dmin[t]), _mm256_cvtepi32_ps(s2[t]), p);
+    }
+    r
+}
+
+/// As [`q4k_block_8x8`] for Q6_K: per weight row `t`, lane `r` = `fl(s·d)` of
+/// `dot::vec_dot_q6_k_q8_k_tiled`; each 16-element sub-block's products start from -32 × the
+/// rows' sums (the values are taken unsigned).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q6k_block_8x8(tile: &KTile, y: &BlockQ8Kx8) -> [__m256; 8] {
+    let z = _mm256_setzero_si256();
+    let mut s1 = [z; 8];
+    for s in 0..16 {
+        // SAFETY: reads sums 8s..8s + 8 of the 128; `loadu` has no alignment requirement.
+        let sums = unsafe { _mm256_loadu_si256(y.sums16.as_ptr().add(8 * s).cast()) };
+        let mut acc = [_mm256_sub_epi32(z, _mm256_slli_epi32::<5>(sums)); 8];
+        for q in 0..4 {
+            let codes = load32_i8(sub_i8(&y.qs, 32 * (4 * s + q)));
+            for (t, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_dpbusd_epi32(*acc, _mm256_set1_epi32(tile_word(tile, t, 16 * s + 4 * q)), codes);
+            }
+        }
+        for (t, s1) in s1.iter_mut().enumerate() {
+            // |Σ (x - 32)·q| ≤ 32·128·16 per sub-block, × 8-bit scales, 16 sub-blocks: fits i32.
+            *s1 = _mm256_add_epi32(*s1, _mm256_mullo_epi32(acc[t], _mm256_set1_epi32(tile.sc[t][s])));
+        }
+    }
+    let mut r = [_mm256_setzero_ps(); 8];
+    for (t, r) in r.iter_mut().enumerate() {
+        *r = _mm256_mul_ps(_mm256_cvtepi32_ps(s1[t]), _mm256_set1_ps(tile.d[t]));
+    }
+    r
+}
+
+/// Q4_K (`Q6 = false`) or Q6_K weight rows `w` in llama.cpp's tiled-GEMM order × `groups` groups
+/// of eight interleaved activation rows (`a`, each group's blocks in turn), laid out as
+/// `dot::vec_dot_q4_k_q8_k_tiled_x8` says. Eight weight rows at a time: each super-block is
+/// unpacked once into a tile of bytes and used for every group, so a group's activation word
+/// feeds eight `vpdpbusd` and the weight words come as broadcast loads.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn k_tiled_x8<const Q6: bool>(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+    let bb = if Q6 { 210 } else { 144 };
+    let nb = a.len() / groups.max(1);
+    let rb = bb * nb;
+    if rb == 0 {
+        return;
+    }
+    let n_w = w.len() / rb;
+    let out = &mut out[..n_w * groups * 8];
+    out.fill(0.0);
+    let mut tile = KTile { q: [[0; 256]; 8], sc: [[0; 16]; 8], mn: [[0; 8]; 8], d: [0.0; 8], dmin: [0.0; 8] };
+    for (c, wc) in w[..n_w * rb].chunks(8 * rb).enumerate() {
+        let nw = wc.len() / rb;
+        for b in 0..nb {
+            for t in 0..nw {
+                let blk = &wc[t * rb + b * bb..t * rb + (b + 1) * bb];
+                if Q6 {
+                    q6k_into_tile(blk, &mut tile, t);
+                } else {
+                    q4k_into_tile(blk, &mut tile, t);
+                }
+            }
+            for g in 0..groups {
+                let y = &a[g * nb + b];
+                let r = if Q6 { q6k_block_8x8(&tile, y) } else { q4k_block_8x8(&tile, y) };
+                // SAFETY: reads the 8 floats of `d`; `loadu` has no alignment requirement.
+                let yd = unsafe { _mm256_loadu_ps(y.d.as_ptr()) };
+                for (t, r) in r.iter().enumerate().take(nw) {
+                    let o = &mut out[((8 * c + t) * groups + g) * 8..][..8];
+                    // SAFETY: reads and writes the 8 floats of `o`; no alignment requirement.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm256_fmadd_ps(*r, yd, _mm256_loadu_ps(o.as_ptr()))) };
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_k_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+    k_tiled_x8::<false>(w, a, groups, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q6_k_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+    k_tiled_x8::<true>(w, a, groups, out)
 }
 
 /// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once,

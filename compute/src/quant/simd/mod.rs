@@ -249,6 +249,16 @@ impl Kernels {
         dispatch!(self, vec_dot_q6_k_q8_k, dot::vec_dot_q6_k_q8_k, (w, a))
     }
 
+    /// [`dot::vec_dot_q4_k_q8_k_tiled`]: Q4_K in llama.cpp's tiled-GEMM order.
+    pub fn vec_dot_q4_k_q8_k_tiled(self, w: &[u8], a: &[BlockQ8K]) -> f32 {
+        dispatch!(self, vec_dot_q4_k_q8_k_tiled, dot::vec_dot_q4_k_q8_k_tiled, (w, a))
+    }
+
+    /// [`dot::vec_dot_q6_k_q8_k_tiled`]: Q6_K in llama.cpp's tiled-GEMM order.
+    pub fn vec_dot_q6_k_q8_k_tiled(self, w: &[u8], a: &[BlockQ8K]) -> f32 {
+        dispatch!(self, vec_dot_q6_k_q8_k_tiled, dot::vec_dot_q6_k_q8_k_tiled, (w, a))
+    }
+
     /// The scalar [`dot::vec_dot_iq1_s_q8_k_tiled`] (the fallback of its multi-row kernel).
     pub fn vec_dot_iq1_s_q8_k_tiled(self, w: &[u8], a: &[BlockQ8K]) -> f32 {
         dot::vec_dot_iq1_s_q8_k_tiled(w, a)
@@ -291,6 +301,16 @@ impl Kernels {
         dispatch_rows!(self, vec_dot_iq1_s_q8_k_tiled_rows, vec_dot_iq1_s_q8_k_tiled, (w, a, out))
     }
 
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q4_k_q8_k_tiled`].
+    pub fn vec_dot_q4_k_q8_k_tiled_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q4_k_q8_k_tiled_rows, vec_dot_q4_k_q8_k_tiled, (w, a, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q6_k_q8_k_tiled`].
+    pub fn vec_dot_q6_k_q8_k_tiled_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+        dispatch_rows!(self, vec_dot_q6_k_q8_k_tiled_rows, vec_dot_q6_k_q8_k_tiled, (w, a, out))
+    }
+
     /// As [`Kernels::vec_dot_q4_1_q8_1_rows`] for [`Kernels::vec_dot_q4_k_q8_k`].
     pub fn vec_dot_q4_k_q8_k_rows(self, w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
         dispatch_rows!(self, vec_dot_q4_k_q8_k_rows, vec_dot_q4_k_q8_k, (w, a, out))
@@ -330,6 +350,18 @@ impl Kernels {
     /// `i` with activation row `r`.
     pub fn vec_dot_iq1_s_q8_k_tiled_x8(self, w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
         dispatch_x8!(self, vec_dot_iq1_s_q8_k_tiled_x8, (w, a, out))
+    }
+
+    /// Weight rows `w` (back to back) · `groups` groups of eight interleaved activation rows
+    /// (`a`, each group's blocks in turn): `out[(i·groups + g)·8 + r]` has exactly the bits of
+    /// [`dot::vec_dot_q4_k_q8_k_tiled`] of weight row `i` with row `r` of group `g`.
+    pub fn vec_dot_q4_k_q8_k_tiled_x8(self, w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+        dispatch_x8!(self, vec_dot_q4_k_q8_k_tiled_x8, (w, a, groups, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_k_q8_k_tiled_x8`] for [`dot::vec_dot_q6_k_q8_k_tiled`].
+    pub fn vec_dot_q6_k_q8_k_tiled_x8(self, w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+        dispatch_x8!(self, vec_dot_q6_k_q8_k_tiled_x8, (w, a, groups, out))
     }
 
     /// The single-row kernel `single` once per activation row: the fallback of the `_rows` kernels.
