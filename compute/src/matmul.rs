@@ -294,22 +294,25 @@ pub(crate) fn compute_rows(
         rows = &rows[whole * rb..];
         chunk = &mut chunk[whole..];
     }
-    // Q4_0/IQ4_NL with interleaved groups of eight activation rows: each group through the
-    // kernel with one lane per row, the remaining rows through the multi-row kernel.
+    // Q4_0/IQ4_NL with interleaved groups of eight activation rows: the groups through the
+    // kernel that takes eight weight rows at a time, the remaining rows through the multi-row
+    // kernel.
     let nb = acts.n_in / 32;
     if matches!(w.ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) && !acts.q8_0x8.is_empty() && nb > 0 {
-        let n_rows = acts.n_rows;
-        let grouped = acts.q8_0x8.len() / nb * 8;
-        for (wr, o) in rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)) {
+        let (n_rows, groups) = (acts.n_rows, acts.q8_0x8.len() / nb);
+        let grouped = groups * 8;
+        scratch.resize(n_w * grouped, 0.0);
+        if w.ty == GgmlType::Q4_0 {
+            k.vec_dot_q4_0_q8_0x8(rows, &acts.q8_0x8, groups, scratch);
+        } else {
+            k.vec_dot_iq4_nl_q8_0x8(rows, &acts.q8_0x8, groups, scratch);
+        }
+        let a = &acts.q8_0[grouped * nb..n_rows * nb];
+        for ((wr, o), lanes) in
+            rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)).zip(scratch.chunks_exact(grouped))
+        {
             let (o8, rest) = o.split_at_mut(grouped);
-            for (a, o8) in acts.q8_0x8.chunks_exact(nb).zip(o8.chunks_exact_mut(8)) {
-                if w.ty == GgmlType::Q4_0 {
-                    k.vec_dot_q4_0_q8_0x8(wr, a, o8);
-                } else {
-                    k.vec_dot_iq4_nl_q8_0x8(wr, a, o8);
-                }
-            }
-            let a = &acts.q8_0[grouped * nb..n_rows * nb];
+            o8.copy_from_slice(lanes);
             if w.ty == GgmlType::Q4_0 {
                 k.vec_dot_q4_0_q8_0_rows(wr, a, rest);
             } else {

@@ -493,39 +493,57 @@ fn assert_x8_bits(got: &[f32], want: &[f32], what: &str) {
 
 #[test]
 fn interleaved_eight_row_dots_match_single_row_dots() {
-    // Goal: the Q4_0/IQ4_NL kernels over eight interleaved activation rows give each (weight row,
-    // activation row) the bits of the single-row scalar reference, on every path (scalar
-    // included); method: 1..=6 weight rows (groups of four and their remainders) × ragged block
-    // counts × 10 seeds, with activations at ±127 among them (the largest unsigned products).
+    // Goal: the Q4_0/IQ4_NL kernels over groups of eight interleaved activation rows give each
+    // (weight row, activation row) the bits of the single-row scalar reference, on every path
+    // (scalar included); method: 1..=17 weight rows (whole groups of eight weight rows and their
+    // remainders) × 1..=3 groups × ragged block counts, slabs of 64 blocks and their remainders
+    // among them, × 5 seeds, with activations at ±127 in some (the largest unsigned products).
     let mut paths = simd_paths();
     paths.insert(0, Kernels::scalar());
     for ty in [GgmlType::Q4_0, GgmlType::IQ4_NL] {
         let mut rng = StdRng::seed_from_u64(888 + ty.id() as u64);
-        for seed in 0..10 {
-            for (n_w, n_blocks) in [(1, 1), (2, 2), (3, 3), (4, 5), (5, 18), (6, 7)] {
+        for seed in 0..5 {
+            for (n_w, groups, n_blocks) in [
+                (1, 1, 1),
+                (2, 1, 2),
+                (3, 2, 3),
+                (4, 1, 5),
+                (5, 3, 18),
+                (8, 2, 7),
+                (9, 1, 64),
+                (17, 2, 70),
+                (6, 1, 130),
+            ] {
                 let w = random_blocks(&mut rng, ty, n_w * n_blocks);
-                let mut x = random_acts(&mut rng, 8 * n_blocks * 32);
-                if seed % 5 == 0 {
+                let mut x = random_acts(&mut rng, 8 * groups * n_blocks * 32);
+                if seed % 3 == 0 {
                     // Rows saturated at ±amax: every quantized value ±127.
                     x.iter_mut().for_each(|v| *v = if *v < 0.0 { -3.0 } else { 3.0 });
                 }
-                let Acts::Q8_0(a) = quantize_rows(ty, &x, 8) else { unreachable!("{ty} takes Q8_0") };
-                let rows: [&[BlockQ8_0]; 8] = std::array::from_fn(|r| &a[r * n_blocks..(r + 1) * n_blocks]);
+                let Acts::Q8_0(a) = quantize_rows(ty, &x, 8 * groups) else { unreachable!("{ty} takes Q8_0") };
                 let mut a8 = Vec::new();
-                interleave_q8_0x8(rows, &mut a8);
+                for g in a.chunks_exact(8 * n_blocks) {
+                    interleave_q8_0x8(std::array::from_fn(|r| &g[r * n_blocks..(r + 1) * n_blocks]), &mut a8);
+                }
                 let rb = w.len() / n_w;
                 let want: Vec<f32> = w
                     .chunks_exact(rb)
-                    .flat_map(|wr| rows.map(|row| reference(ty, wr, &Acts::Q8_0(row.to_vec()), false)))
+                    .flat_map(|wr| {
+                        a.chunks_exact(n_blocks).map(move |row| reference(ty, wr, &Acts::Q8_0(row.to_vec()), false))
+                    })
                     .collect();
                 for &k in &paths {
-                    let mut got = vec![f32::NAN; 8 * n_w];
+                    let mut got = vec![f32::NAN; 8 * groups * n_w];
                     if ty == GgmlType::Q4_0 {
-                        k.vec_dot_q4_0_q8_0x8(&w, &a8, &mut got);
+                        k.vec_dot_q4_0_q8_0x8(&w, &a8, groups, &mut got);
                     } else {
-                        k.vec_dot_iq4_nl_q8_0x8(&w, &a8, &mut got);
+                        k.vec_dot_iq4_nl_q8_0x8(&w, &a8, groups, &mut got);
                     }
-                    assert_x8_bits(&got, &want, &format!("{} {ty}, {n_blocks} blocks", k.isa().name()));
+                    assert_x8_bits(
+                        &got,
+                        &want,
+                        &format!("{} {ty}, {n_blocks} blocks, {groups} groups", k.isa().name()),
+                    );
                 }
             }
         }

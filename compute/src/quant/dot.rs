@@ -66,37 +66,43 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], value: impl Fn(u8) -> i32) -> f3
     acc
 }
 
-/// [`vec_dot_q4_0_q8_0`] of weight rows `w` (back to back) with eight activation rows
-/// interleaved ([`BlockQ8_0x8`]): `out[8i + r]` has exactly the bits of the single-row dot of
-/// weight row `i` with activation row `r`.
-pub fn vec_dot_q4_0_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
-    dot_x8(w, 18, a, out, BlockQ8_0x8::row, vec_dot_q4_0_q8_0)
+/// [`vec_dot_q4_0_q8_0`] of weight rows `w` (back to back) with `groups` groups of eight
+/// interleaved activation rows ([`BlockQ8_0x8`], each group's blocks in turn):
+/// `out[(i·groups + g)·8 + r]` has exactly the bits of the single-row dot of weight row `i` with
+/// row `r` of group `g`.
+pub fn vec_dot_q4_0_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], groups: usize, out: &mut [f32]) {
+    dot_x8(w, 18, a, groups, out, BlockQ8_0x8::row, vec_dot_q4_0_q8_0)
 }
 
-/// [`vec_dot_iq4_nl_q8_0`] of weight rows with eight interleaved activation rows.
-pub fn vec_dot_iq4_nl_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
-    dot_x8(w, 18, a, out, BlockQ8_0x8::row, vec_dot_iq4_nl_q8_0)
+/// [`vec_dot_iq4_nl_q8_0`] of weight rows with groups of eight interleaved activation rows.
+pub fn vec_dot_iq4_nl_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], groups: usize, out: &mut [f32]) {
+    dot_x8(w, 18, a, groups, out, BlockQ8_0x8::row, vec_dot_iq4_nl_q8_0)
 }
 
-/// The single-row dot `dot` of each weight row of `w` (`block_bytes` per block of `a`) with each
-/// of the eight activation rows interleaved in `a`, taken back out with `row`: the reference of
-/// the interleaved kernels (`out[8i + r]` = weight row `i` · activation row `r`).
+/// The single-row dot `dot` of each weight row of `w` (`block_bytes` per block) with each row of
+/// `groups` groups of eight interleaved activation rows (`a`, each group's blocks in turn), taken
+/// back out with `row`: the reference of the interleaved kernels. `out[(i·groups + g)·8 + r]` =
+/// weight row `i` · row `r` of group `g`.
 fn dot_x8<B8, B>(
     w: &[u8],
     block_bytes: usize,
     a: &[B8],
+    groups: usize,
     out: &mut [f32],
     row: impl Fn(&B8, usize) -> B,
     dot: impl Fn(&[u8], &[B]) -> f32,
 ) {
-    let rb = block_bytes * a.len();
+    let nb = a.len() / groups.max(1);
+    let rb = block_bytes * nb;
     if rb == 0 {
         return;
     }
-    let rows: Vec<Vec<B>> = (0..8).map(|r| a.iter().map(|y| row(y, r)).collect()).collect();
-    for (w, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(8)) {
-        for (o, row) in out.iter_mut().zip(&rows) {
-            *o = dot(w, row);
+    for (g, ga) in a.chunks_exact(nb).enumerate() {
+        let rows: Vec<Vec<B>> = (0..8).map(|r| ga.iter().map(|y| row(y, r)).collect()).collect();
+        for (i, w) in w.chunks_exact(rb).enumerate() {
+            for (r, row) in rows.iter().enumerate() {
+                out[(i * groups + g) * 8 + r] = dot(w, row);
+            }
         }
     }
 }
@@ -425,7 +431,7 @@ pub fn vec_dot_iq1_s_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
 /// activation rows ([`BlockQ8Kx8`]): `out[8i + r]` has exactly the bits of the single-row dot
 /// of weight row `i` with activation row `r`.
 pub fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
-    dot_x8(w, 50, a, out, BlockQ8Kx8::row, vec_dot_iq1_s_q8_k_tiled)
+    dot_x8(w, 50, a, 1, out, BlockQ8Kx8::row, vec_dot_iq1_s_q8_k_tiled)
 }
 
 /// Q4_K · Q8_K in the order of llama.cpp's tiled CPU GEMM (`ggml-cpu/tiled`), which multiplies
@@ -476,37 +482,12 @@ pub fn vec_dot_q6_k_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
 /// interleaved activation rows (`a`: each group's blocks in turn): `out[(i·groups + g)·8 + r]`
 /// has exactly the bits of the single-row dot of weight row `i` with row `r` of group `g`.
 pub fn vec_dot_q4_k_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
-    dot_groups_x8(w, 144, a, groups, out, vec_dot_q4_k_q8_k_tiled)
+    dot_x8(w, 144, a, groups, out, BlockQ8Kx8::row, vec_dot_q4_k_q8_k_tiled)
 }
 
 /// As [`vec_dot_q4_k_q8_k_tiled_x8`] for [`vec_dot_q6_k_q8_k_tiled`].
 pub fn vec_dot_q6_k_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
-    dot_groups_x8(w, 210, a, groups, out, vec_dot_q6_k_q8_k_tiled)
-}
-
-/// The single-row reference `dot` of every weight row with every row of `groups` interleaved
-/// groups, laid out as [`vec_dot_q4_k_q8_k_tiled_x8`] says.
-fn dot_groups_x8(
-    w: &[u8],
-    block_bytes: usize,
-    a: &[BlockQ8Kx8],
-    groups: usize,
-    out: &mut [f32],
-    dot: impl Fn(&[u8], &[BlockQ8K]) -> f32,
-) {
-    let nb = a.len() / groups.max(1);
-    let rb = block_bytes * nb;
-    if rb == 0 {
-        return;
-    }
-    for (g, ga) in a.chunks_exact(nb).enumerate() {
-        let rows: Vec<Vec<BlockQ8K>> = (0..8).map(|r| ga.iter().map(|y| y.row(r)).collect()).collect();
-        for (i, w) in w.chunks_exact(rb).enumerate() {
-            for (r, row) in rows.iter().enumerate() {
-                out[(i * groups + g) * 8 + r] = dot(w, row);
-            }
-        }
-    }
+    dot_x8(w, 210, a, groups, out, BlockQ8Kx8::row, vec_dot_q6_k_q8_k_tiled)
 }
 
 #[cfg(test)]

@@ -352,53 +352,99 @@ pub unsafe fn vec_dot_iq4_nl_q8_0_rows(w: &[u8], a: &[BlockQ8_0], out: &mut [f32
     nibble_rows_all(w, a, out, iq4_nl_values())
 }
 
-/// [`nibble_rows`] for eight interleaved activation rows ([`BlockQ8_0x8`]), one per lane, and
-/// each weight row of `w` in turn: the weight values are taken unsigned (+128, a table lookup),
-/// each 4-byte group is broadcast (`vpermd`) to the eight rows and multiplied by their bytes
-/// with one `vpdpbusd`, and 128 × each row's value sum comes back off the exact integer. Then, per lane,
-/// the reference's conversion and `fma(sum, d·y.d, acc)`. (Four weight rows per activation
-/// load measured no faster; nor did a store and broadcast loads instead of `vpermd`.)
+/// Blocks per slab of [`nibble_8x8`]: eight weight rows' values of a slab (16 KiB) stay in L1
+/// while every activation group passes.
+const NIBBLE_SLAB: usize = 64;
+
+/// Eight weight rows' Q4_0/IQ4_NL values (+128, as bytes, element order) and scales, for up to
+/// [`NIBBLE_SLAB`] blocks.
+#[repr(C, align(32))]
+struct NibbleTile {
+    q: [[u8; 32 * NIBBLE_SLAB]; 8],
+    d: [[f32; NIBBLE_SLAB]; 8],
+}
+
+/// Q4_0/IQ4_NL weight rows (values through `table`) × `groups` groups of eight interleaved
+/// activation rows ([`BlockQ8_0x8`], each group's blocks in turn), laid out as
+/// `dot::vec_dot_q4_0_q8_0x8` says, in the reference's order per (weight row, activation row):
+/// one exact integer per block, `acc = fma(sum, d·y.d, acc)`, blocks in order. Eight weight rows
+/// at a time: a slab of their blocks is unpacked once into a byte tile (values + 128) and used
+/// for every group, so each activation word feeds eight `vpdpbusd` (one lane per activation
+/// row), the weight words come as broadcast loads, and 128 × each row's value sum comes back off.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn nibble_x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32], table: __m128i) {
+fn nibble_8x8(w: &[u8], a: &[BlockQ8_0x8], groups: usize, out: &mut [f32], table: __m128i) {
     // The values + 128 as bytes (128 + v ≡ v ^ 0x80 for an i8 v).
     let table = _mm256_broadcastsi128_si256(_mm_xor_si128(table, _mm_set1_epi8(i8::MIN)));
-    let rb = 18 * a.len();
+    let nb = a.len() / groups.max(1);
+    let rb = 18 * nb;
     if rb == 0 {
         return;
     }
-    for (w, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(8)) {
-        let mut acc = _mm256_setzero_ps();
-        for (blk, y) in w.chunks_exact(18).zip(a) {
-            let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
-            let mut lanes = _mm256_setzero_si256();
-            for g in 0..8 {
-                let wg = _mm256_permutevar8x32_epi32(v, _mm256_set1_epi32(g as i32));
-                lanes = _mm256_dpbusd_epi32(lanes, wg, load32_i8(sub_i8(&y.qs, 32 * g)));
+    let n_w = w.len() / rb;
+    let out = &mut out[..n_w * groups * 8];
+    let mut tile = NibbleTile { q: [[0; 32 * NIBBLE_SLAB]; 8], d: [[0.0; NIBBLE_SLAB]; 8] };
+    for (c, wc) in w[..n_w * rb].chunks(8 * rb).enumerate() {
+        let nw = wc.len() / rb;
+        for b0 in (0..nb).step_by(NIBBLE_SLAB) {
+            let n_slab = NIBBLE_SLAB.min(nb - b0);
+            for t in 0..nw {
+                let row = &wc[t * rb + 18 * b0..t * rb + 18 * (b0 + n_slab)];
+                for (j, blk) in row.chunks_exact(18).enumerate() {
+                    let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
+                    // SAFETY: writes bytes 32j..32j + 32 of the row's 32·NIBBLE_SLAB (j < n_slab ≤
+                    // NIBBLE_SLAB); `storeu` has no alignment requirement.
+                    unsafe { _mm256_storeu_si256(tile.q[t].as_mut_ptr().add(32 * j).cast(), v) };
+                    tile.d[t][j] = f16_at(blk, 0);
+                }
             }
-            // SAFETY: reads the 32 bytes of `offset` and of `d`; `loadu` has no alignment requirement.
-            let (offset, yd) = unsafe { (_mm256_loadu_si256(y.offset.as_ptr().cast()), _mm256_loadu_ps(y.d.as_ptr())) };
-            let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(lanes, offset));
-            acc = _mm256_fmadd_ps(s, _mm256_mul_ps(_mm256_set1_ps(f16_at(blk, 0)), yd), acc);
+            for g in 0..groups {
+                let at = |t: usize| ((8 * c + t) * groups + g) * 8;
+                let mut o = [_mm256_setzero_ps(); 8];
+                if b0 > 0 {
+                    for (t, o) in o.iter_mut().enumerate().take(nw) {
+                        // SAFETY: reads the 8 floats at `at(t)`, inside `out`; no alignment requirement.
+                        *o = unsafe { _mm256_loadu_ps(out.as_ptr().add(at(t))) };
+                    }
+                }
+                for (j, y) in a[g * nb + b0..g * nb + b0 + n_slab].iter().enumerate() {
+                    let mut acc = [_mm256_setzero_si256(); 8];
+                    for q in 0..8 {
+                        let codes = load32_i8(sub_i8(&y.qs, 32 * q));
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let word = i32::from_le_bytes(*sub(&tile.q[t], 32 * j + 4 * q));
+                            *acc = _mm256_dpbusd_epi32(*acc, _mm256_set1_epi32(word), codes);
+                        }
+                    }
+                    // SAFETY: reads the 8 i32 of `offset` and the 8 floats of `d`; no alignment requirement.
+                    let (offset, yd) =
+                        unsafe { (_mm256_loadu_si256(y.offset.as_ptr().cast()), _mm256_loadu_ps(y.d.as_ptr())) };
+                    for (t, o) in o.iter_mut().enumerate() {
+                        let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[t], offset));
+                        *o = _mm256_fmadd_ps(s, _mm256_mul_ps(_mm256_set1_ps(tile.d[t][j]), yd), *o);
+                    }
+                }
+                for (t, o) in o.iter().enumerate().take(nw) {
+                    // SAFETY: writes the 8 floats at `at(t)`, inside `out`; no alignment requirement.
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(at(t)), *o) };
+                }
+            }
         }
-        // SAFETY: writes the 8 floats of `out` (a whole chunk of eight); `storeu` has no
-        // alignment requirement.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) }
     }
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn vec_dot_q4_0_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
-    nibble_x8(w, a, out, q4_0_values())
+pub unsafe fn vec_dot_q4_0_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], groups: usize, out: &mut [f32]) {
+    nibble_8x8(w, a, groups, out, q4_0_values())
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn vec_dot_iq4_nl_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
-    nibble_x8(w, a, out, iq4_nl_values())
+pub unsafe fn vec_dot_iq4_nl_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], groups: usize, out: &mut [f32]) {
+    nibble_8x8(w, a, groups, out, iq4_nl_values())
 }
 
 /// `dot::vec_dot_iq1_s_q8_k_tiled` (llama.cpp's tiled-GEMM order) for eight interleaved

@@ -333,16 +333,16 @@ impl Kernels {
         self.isa == Isa::Avx512
     }
 
-    /// Weight rows `w` (back to back) · eight interleaved activation rows ([`BlockQ8_0x8`]):
-    /// `out[8i + r]` has exactly the bits of [`Kernels::vec_dot_q4_0_q8_0`] of weight row `i`
-    /// with activation row `r`.
-    pub fn vec_dot_q4_0_q8_0x8(self, w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
-        dispatch_x8!(self, vec_dot_q4_0_q8_0x8, (w, a, out))
+    /// Weight rows `w` (back to back) · `groups` groups of eight interleaved activation rows
+    /// ([`BlockQ8_0x8`], each group's blocks in turn): `out[(i·groups + g)·8 + r]` has exactly
+    /// the bits of [`Kernels::vec_dot_q4_0_q8_0`] of weight row `i` with row `r` of group `g`.
+    pub fn vec_dot_q4_0_q8_0x8(self, w: &[u8], a: &[BlockQ8_0x8], groups: usize, out: &mut [f32]) {
+        dispatch_x8!(self, vec_dot_q4_0_q8_0x8, (w, a, groups, out))
     }
 
     /// As [`Kernels::vec_dot_q4_0_q8_0x8`] for [`Kernels::vec_dot_iq4_nl_q8_0`].
-    pub fn vec_dot_iq4_nl_q8_0x8(self, w: &[u8], a: &[BlockQ8_0x8], out: &mut [f32]) {
-        dispatch_x8!(self, vec_dot_iq4_nl_q8_0x8, (w, a, out))
+    pub fn vec_dot_iq4_nl_q8_0x8(self, w: &[u8], a: &[BlockQ8_0x8], groups: usize, out: &mut [f32]) {
+        dispatch_x8!(self, vec_dot_iq4_nl_q8_0x8, (w, a, groups, out))
     }
 
     /// Weight rows `w` (back to back) · eight interleaved activation rows ([`BlockQ8Kx8`]):
