@@ -321,17 +321,17 @@ pub(crate) fn compute_rows(
         }
         return;
     }
-    // Q4_K/Q6_K with interleaved groups of eight activation rows (some rows in the tiled order):
-    // the groups through the kernel that takes eight weight rows at a time, its lanes kept for
-    // the rows in the tiled order; the other rows through the multi-row kernels.
+    // Q4_K/Q6_K/IQ1_S with interleaved groups of eight activation rows (some rows in the tiled
+    // order): the groups through the kernel that takes eight weight rows at a time, its lanes
+    // kept for the rows in the tiled order; the other rows through the multi-row kernels.
     let nbk = acts.n_in / 256;
-    if matches!(w.ty, GgmlType::Q4_K | GgmlType::Q6_K) && !acts.q8kx8.is_empty() && nbk > 0 {
+    if matches!(w.ty, GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::IQ1_S) && !acts.q8kx8.is_empty() && nbk > 0 {
         let (n_rows, groups) = (acts.n_rows, acts.q8kx8.len() / nbk);
         scratch.resize(n_w * groups * 8, 0.0);
-        if w.ty == GgmlType::Q4_K {
-            k.vec_dot_q4_k_q8_k_tiled_x8(rows, &acts.q8kx8, groups, scratch);
-        } else {
-            k.vec_dot_q6_k_q8_k_tiled_x8(rows, &acts.q8kx8, groups, scratch);
+        match w.ty {
+            GgmlType::Q4_K => k.vec_dot_q4_k_q8_k_tiled_x8(rows, &acts.q8kx8, groups, scratch),
+            GgmlType::Q6_K => k.vec_dot_q6_k_q8_k_tiled_x8(rows, &acts.q8kx8, groups, scratch),
+            _ => k.vec_dot_iq1_s_q8_k_tiled_x8(rows, &acts.q8kx8, groups, scratch),
         }
         for (range, tiled) in acts.order_ranges() {
             for (i, (wr, o)) in rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)).enumerate() {
@@ -340,10 +340,10 @@ pub(crate) fn compute_rows(
                     o[range.clone()].copy_from_slice(&lanes[range.clone()]);
                 } else {
                     let (a, o) = (&acts.q8k[range.start * nbk..range.end * nbk], &mut o[range.clone()]);
-                    if w.ty == GgmlType::Q4_K {
-                        k.vec_dot_q4_k_q8_k_rows(wr, a, o);
-                    } else {
-                        k.vec_dot_q6_k_q8_k_rows(wr, a, o);
+                    match w.ty {
+                        GgmlType::Q4_K => k.vec_dot_q4_k_q8_k_rows(wr, a, o),
+                        GgmlType::Q6_K => k.vec_dot_q6_k_q8_k_rows(wr, a, o),
+                        _ => k.vec_dot_iq1_s_q8_k_rows(wr, a, o),
                     }
                 }
             }
@@ -377,25 +377,11 @@ fn dot_rows(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, out: &mut 
             // Consecutive rows of the same order through one kernel call.
             let nb = acts.n_in / 256;
             for (range, tiled) in acts.order_ranges() {
-                let (t0, t1) = (range.start, range.end);
+                let (a, o) = (&acts.q8k[range.start * nb..range.end * nb], &mut out[range]);
                 if tiled {
-                    // Whole interleaved groups of eight inside the run through the kernel with one
-                    // lane per row, the other rows through the multi-row kernel.
-                    let groups = acts.q8kx8.len() / nb.max(1);
-                    let mut t = t0;
-                    while t < t1 {
-                        let g = t / 8;
-                        if t % 8 == 0 && t + 8 <= t1 && g < groups {
-                            k.vec_dot_iq1_s_q8_k_tiled_x8(w, &acts.q8kx8[g * nb..(g + 1) * nb], &mut out[t..t + 8]);
-                            t += 8;
-                        } else {
-                            let e = (8 * (g + 1)).min(t1);
-                            k.vec_dot_iq1_s_q8_k_tiled_rows(w, &acts.q8k[t * nb..e * nb], &mut out[t..e]);
-                            t = e;
-                        }
-                    }
+                    k.vec_dot_iq1_s_q8_k_tiled_rows(w, a, o);
                 } else {
-                    k.vec_dot_iq1_s_q8_k_rows(w, &acts.q8k[t0 * nb..t1 * nb], &mut out[t0..t1]);
+                    k.vec_dot_iq1_s_q8_k_rows(w, a, o);
                 }
             }
         }

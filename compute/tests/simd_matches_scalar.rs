@@ -551,45 +551,15 @@ fn interleaved_eight_row_dots_match_single_row_dots() {
 }
 
 #[test]
-fn interleaved_eight_row_iq1_s_dots_match_tiled_order() {
-    // Goal: the IQ1_S (tiled order) kernel over eight interleaved Q8_K activation rows gives each
-    // (weight row, activation row) the bits of the single-row scalar reference, on every path
-    // (scalar included); method: 1..=3 weight rows × ragged block counts × 10 seeds.
-    let mut paths = simd_paths();
-    paths.insert(0, Kernels::scalar());
-    let ty = GgmlType::IQ1_S;
-    let mut rng = StdRng::seed_from_u64(4444 + ty.id() as u64);
-    for _ in 0..10 {
-        for (n_w, n_blocks) in [(1, 1), (2, 2), (3, 3), (1, 5)] {
-            let w = random_blocks(&mut rng, ty, n_w * n_blocks);
-            let x = random_acts(&mut rng, 8 * n_blocks * 256);
-            let Acts::Q8K(a) = quantize_rows(ty, &x, 8) else { unreachable!("{ty} takes Q8_K") };
-            let rows: [&[BlockQ8K]; 8] = std::array::from_fn(|r| &a[r * n_blocks..(r + 1) * n_blocks]);
-            let mut a8 = Vec::new();
-            interleave_q8kx8(rows, &mut a8);
-            let rb = w.len() / n_w;
-            // The tiled order, which the interleaved kernel serves.
-            let want: Vec<f32> =
-                w.chunks_exact(rb).flat_map(|wr| rows.map(|row| dot::vec_dot_iq1_s_q8_k_tiled(wr, row))).collect();
-            for &k in &paths {
-                let mut got = vec![f32::NAN; 8 * n_w];
-                k.vec_dot_iq1_s_q8_k_tiled_x8(&w, &a8, &mut got);
-                assert_x8_bits(&got, &want, &format!("{} {ty}, {n_blocks} blocks", k.isa().name()));
-            }
-        }
-    }
-}
-
-#[test]
-fn interleaved_k_quant_groups_match_tiled_order() {
-    // Goal: the Q4_K/Q6_K kernels over groups of eight interleaved Q8_K activation rows give each
+fn interleaved_groups_match_tiled_order() {
+    // Goal: the IQ1_S/Q4_K/Q6_K kernels over groups of eight interleaved Q8_K activation rows give each
     // (weight row, activation row) the bits of the single-row tiled-order scalar reference, on
     // every path (scalar included); method: 1..=17 weight rows (whole groups of eight weight rows
     // and every remainder) × 1..=3 activation groups × ragged block counts, the last group padded
     // with zero rows as the matmul pads it, and rows saturated at ±127 in some seeds.
     let mut paths = simd_paths();
     paths.insert(0, Kernels::scalar());
-    for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+    for ty in TILED_TYPES {
         let mut rng = StdRng::seed_from_u64(5151 + ty.id() as u64);
         for seed in 0..4 {
             for (n_w, n_rows, n_blocks) in [(1, 8, 1), (3, 13, 2), (8, 16, 3), (9, 5, 1), (17, 24, 2), (16, 8, 5)] {
@@ -609,10 +579,10 @@ fn interleaved_k_quant_groups_match_tiled_order() {
                 let rb = w.len() / n_w;
                 for &k in &paths {
                     let mut got = vec![f32::NAN; n_w * groups * 8];
-                    if ty == GgmlType::Q4_K {
-                        k.vec_dot_q4_k_q8_k_tiled_x8(&w, &a8, groups, &mut got);
-                    } else {
-                        k.vec_dot_q6_k_q8_k_tiled_x8(&w, &a8, groups, &mut got);
+                    match ty {
+                        GgmlType::Q4_K => k.vec_dot_q4_k_q8_k_tiled_x8(&w, &a8, groups, &mut got),
+                        GgmlType::Q6_K => k.vec_dot_q6_k_q8_k_tiled_x8(&w, &a8, groups, &mut got),
+                        _ => k.vec_dot_iq1_s_q8_k_tiled_x8(&w, &a8, groups, &mut got),
                     }
                     for (i, wr) in w.chunks_exact(rb).enumerate() {
                         for t in 0..n_rows {

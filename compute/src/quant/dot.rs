@@ -427,11 +427,10 @@ pub fn vec_dot_iq1_s_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
     acc
 }
 
-/// [`vec_dot_iq1_s_q8_k_tiled`] of weight rows `w` (back to back) with eight interleaved
-/// activation rows ([`BlockQ8Kx8`]): `out[8i + r]` has exactly the bits of the single-row dot
-/// of weight row `i` with activation row `r`.
-pub fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
-    dot_x8(w, 50, a, 1, out, BlockQ8Kx8::row, vec_dot_iq1_s_q8_k_tiled)
+/// [`vec_dot_iq1_s_q8_k_tiled`] of weight rows `w` (back to back) with groups of eight
+/// interleaved activation rows, laid out as [`vec_dot_q4_k_q8_k_tiled_x8`] says.
+pub fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+    dot_x8(w, 50, a, groups, out, BlockQ8Kx8::row, vec_dot_iq1_s_q8_k_tiled)
 }
 
 /// Q4_K · Q8_K in the order of llama.cpp's tiled CPU GEMM (`ggml-cpu/tiled`), which multiplies

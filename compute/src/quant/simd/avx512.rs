@@ -447,51 +447,6 @@ pub unsafe fn vec_dot_iq4_nl_q8_0x8(w: &[u8], a: &[BlockQ8_0x8], groups: usize, 
     nibble_8x8(w, a, groups, out, iq4_nl_values())
 }
 
-/// `dot::vec_dot_iq1_s_q8_k_tiled` (llama.cpp's tiled-GEMM order) for eight interleaved
-/// activation rows ([`BlockQ8Kx8`]), one per lane, and each weight row of `w` in turn: each
-/// sub-block's weights `8·grid ± 1` are taken unsigned (+128), each 4-byte group broadcast
-/// (`vpermd`) into one `vpdpbusd` for the eight rows; 128 × the rows' sub-block sums come back
-/// off, the scale multiplies (exact in i32), and per lane `r = fl(s·d/8)`, `acc = fma(r, y.d, acc)`.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
-    let rb = 50 * a.len();
-    if rb == 0 {
-        return;
-    }
-    let eight = _mm256_set1_epi8(8);
-    for (w, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(8)) {
-        let mut acc = _mm256_setzero_ps();
-        for (blk, y) in w.chunks_exact(50).zip(a) {
-            let mut s = _mm256_setzero_si256();
-            for ib in 0..8 {
-                let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
-                // 8·g + delta + 128 in 119..=137: `sign` gives 8·g exactly; the byte add wraps
-                // to the unsigned value.
-                let u = _mm256_add_epi8(_mm256_sign_epi8(eight, grid), _mm256_set1_epi8((delta + 128) as u8 as i8));
-                let mut dot = [_mm256_setzero_si256(); 2];
-                for g in 0..8 {
-                    let wg = _mm256_permutevar8x32_epi32(u, _mm256_set1_epi32(g as i32));
-                    dot[g % 2] = _mm256_dpbusd_epi32(dot[g % 2], wg, load32_i8(sub_i8(&y.qs, 32 * (8 * ib + g))));
-                }
-                // SAFETY: reads 8 of the 64 i32 of `sums`; `loadu` has no alignment requirement.
-                let sums = unsafe { _mm256_loadu_si256(y.sums.as_ptr().add(8 * ib).cast()) };
-                let dot = _mm256_sub_epi32(_mm256_add_epi32(dot[0], dot[1]), _mm256_slli_epi32::<7>(sums));
-                // |Σ (8g ± 1)·q| ≤ 32·9·127 per sub-block, × ls ≤ 15, 8 sub-blocks: < 2²⁴.
-                s = _mm256_add_epi32(s, _mm256_mullo_epi32(dot, _mm256_set1_epi32(ls)));
-            }
-            let r = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(f16_at(blk, 0) * 0.125));
-            // SAFETY: reads the 8 floats of `d`; `loadu` has no alignment requirement.
-            acc = _mm256_fmadd_ps(r, unsafe { _mm256_loadu_ps(y.d.as_ptr()) }, acc);
-        }
-        // SAFETY: writes the 8 floats of `out` (a whole chunk of eight); `storeu` has no
-        // alignment requirement.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) }
-    }
-}
-
 /// Super-block `b` of up to eight weight rows, unpacked for [`k_tiled_x8`]: each row's 256 values
 /// as unsigned bytes (element order), its sub-block scales (and Q4_K mins) as i32, `d` and `dmin`.
 #[repr(C, align(32))]
@@ -525,6 +480,23 @@ fn q4k_into_tile(blk: &[u8], tile: &mut KTile, t: usize) {
     }
     tile.d[t] = f16_at(blk, 0);
     tile.dmin[t] = f16_at(blk, 2);
+}
+
+/// IQ1_S block `blk` into row `t` of `tile`: the weights `8·grid ± 1` + 128 (119..=137) as bytes,
+/// the sub-block scales, and `d/8` (exact: the 8 of the integer weights taken back out).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn iq1s_into_tile(blk: &[u8], tile: &mut KTile, t: usize) {
+    let eight = _mm256_set1_epi8(8);
+    for ib in 0..8 {
+        let (grid, ls, delta) = iq1_s_sub_block(blk, ib);
+        // `sign` gives 8·g exactly; the byte add wraps to the unsigned value.
+        let u = _mm256_add_epi8(_mm256_sign_epi8(eight, grid), _mm256_set1_epi8((delta + 128) as u8 as i8));
+        // SAFETY: writes bytes 32ib..32ib + 32 of the row's 256; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_si256(tile.q[t].as_mut_ptr().add(32 * ib).cast(), u) };
+        tile.sc[t][ib] = ls;
+    }
+    tile.d[t] = f16_at(blk, 0) * 0.125;
 }
 
 /// Q6_K block `blk` into row `t` of `tile` (values unsigned, 0..64).
@@ -588,6 +560,36 @@ fn q4k_block_8x8(tile: &KTile, y: &BlockQ8Kx8) -> [__m256; 8] {
     r
 }
 
+/// As [`q4k_block_8x8`] for IQ1_S: per weight row `t`, lane `r` = `fl(s·d/8)` of
+/// `dot::vec_dot_iq1_s_q8_k_tiled`; each sub-block's products start from -128 × the rows' sums
+/// (the weights are taken unsigned).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn iq1s_block_8x8(tile: &KTile, y: &BlockQ8Kx8) -> [__m256; 8] {
+    let z = _mm256_setzero_si256();
+    let mut s1 = [z; 8];
+    for s in 0..8 {
+        // SAFETY: reads sums 8s..8s + 8 of the 64; `loadu` has no alignment requirement.
+        let sums = unsafe { _mm256_loadu_si256(y.sums.as_ptr().add(8 * s).cast()) };
+        let mut acc = [_mm256_sub_epi32(z, _mm256_slli_epi32::<7>(sums)); 8];
+        for q in 0..8 {
+            let codes = load32_i8(sub_i8(&y.qs, 32 * (8 * s + q)));
+            for (t, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_dpbusd_epi32(*acc, _mm256_set1_epi32(tile_word(tile, t, 32 * s + 4 * q)), codes);
+            }
+        }
+        for (t, s1) in s1.iter_mut().enumerate() {
+            // |Σ (8g ± 1)·q| ≤ 32·9·127 per sub-block, × ls ≤ 15, 8 sub-blocks: < 2²⁴.
+            *s1 = _mm256_add_epi32(*s1, _mm256_mullo_epi32(acc[t], _mm256_set1_epi32(tile.sc[t][s])));
+        }
+    }
+    let mut r = [_mm256_setzero_ps(); 8];
+    for (t, r) in r.iter_mut().enumerate() {
+        *r = _mm256_mul_ps(_mm256_cvtepi32_ps(s1[t]), _mm256_set1_ps(tile.d[t]));
+    }
+    r
+}
+
 /// As [`q4k_block_8x8`] for Q6_K: per weight row `t`, lane `r` = `fl(s·d)` of
 /// `dot::vec_dot_q6_k_q8_k_tiled`; each 16-element sub-block's products start from -32 × the
 /// rows' sums (the values are taken unsigned).
@@ -618,15 +620,24 @@ fn q6k_block_8x8(tile: &KTile, y: &BlockQ8Kx8) -> [__m256; 8] {
     r
 }
 
-/// Q4_K (`Q6 = false`) or Q6_K weight rows `w` in llama.cpp's tiled-GEMM order × `groups` groups
+/// Which weights [`k_tiled_x8`] multiplies.
+const TILED_Q4_K: u8 = 0;
+const TILED_Q6_K: u8 = 1;
+const TILED_IQ1_S: u8 = 2;
+
+/// Q4_K, Q6_K or IQ1_S (`KIND`) weight rows `w` in llama.cpp's tiled-GEMM order × `groups` groups
 /// of eight interleaved activation rows (`a`, each group's blocks in turn), laid out as
 /// `dot::vec_dot_q4_k_q8_k_tiled_x8` says. Eight weight rows at a time: each super-block is
 /// unpacked once into a tile of bytes and used for every group, so a group's activation word
 /// feeds eight `vpdpbusd` and the weight words come as broadcast loads.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn k_tiled_x8<const Q6: bool>(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
-    let bb = if Q6 { 210 } else { 144 };
+fn k_tiled_x8<const KIND: u8>(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+    let bb = match KIND {
+        TILED_Q4_K => 144,
+        TILED_Q6_K => 210,
+        _ => 50,
+    };
     let nb = a.len() / groups.max(1);
     let rb = bb * nb;
     if rb == 0 {
@@ -641,15 +652,19 @@ fn k_tiled_x8<const Q6: bool>(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &m
         for b in 0..nb {
             for t in 0..nw {
                 let blk = &wc[t * rb + b * bb..t * rb + (b + 1) * bb];
-                if Q6 {
-                    q6k_into_tile(blk, &mut tile, t);
-                } else {
-                    q4k_into_tile(blk, &mut tile, t);
+                match KIND {
+                    TILED_Q4_K => q4k_into_tile(blk, &mut tile, t),
+                    TILED_Q6_K => q6k_into_tile(blk, &mut tile, t),
+                    _ => iq1s_into_tile(blk, &mut tile, t),
                 }
             }
             for g in 0..groups {
                 let y = &a[g * nb + b];
-                let r = if Q6 { q6k_block_8x8(&tile, y) } else { q4k_block_8x8(&tile, y) };
+                let r = match KIND {
+                    TILED_Q4_K => q4k_block_8x8(&tile, y),
+                    TILED_Q6_K => q6k_block_8x8(&tile, y),
+                    _ => iq1s_block_8x8(&tile, y),
+                };
                 // SAFETY: reads the 8 floats of `d`; `loadu` has no alignment requirement.
                 let yd = unsafe { _mm256_loadu_ps(y.d.as_ptr()) };
                 for (t, r) in r.iter().enumerate().take(nw) {
@@ -666,14 +681,21 @@ fn k_tiled_x8<const Q6: bool>(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &m
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q4_k_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
-    k_tiled_x8::<false>(w, a, groups, out)
+    k_tiled_x8::<TILED_Q4_K>(w, a, groups, out)
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q6_k_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
-    k_tiled_x8::<true>(w, a, groups, out)
+    k_tiled_x8::<TILED_Q6_K>(w, a, groups, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+    k_tiled_x8::<TILED_IQ1_S>(w, a, groups, out)
 }
 
 /// [`vec_dot_iq1_s_q8_k`] for `R` activation rows: the grid lookups of each block are done once,

@@ -345,11 +345,9 @@ impl Kernels {
         dispatch_x8!(self, vec_dot_iq4_nl_q8_0x8, (w, a, groups, out))
     }
 
-    /// Weight rows `w` (back to back) · eight interleaved activation rows ([`BlockQ8Kx8`]):
-    /// `out[8i + r]` has exactly the bits of [`dot::vec_dot_iq1_s_q8_k_tiled`] of weight row
-    /// `i` with activation row `r`.
-    pub fn vec_dot_iq1_s_q8_k_tiled_x8(self, w: &[u8], a: &[BlockQ8Kx8], out: &mut [f32]) {
-        dispatch_x8!(self, vec_dot_iq1_s_q8_k_tiled_x8, (w, a, out))
+    /// As [`Kernels::vec_dot_q4_k_q8_k_tiled_x8`] for [`dot::vec_dot_iq1_s_q8_k_tiled`].
+    pub fn vec_dot_iq1_s_q8_k_tiled_x8(self, w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &mut [f32]) {
+        dispatch_x8!(self, vec_dot_iq1_s_q8_k_tiled_x8, (w, a, groups, out))
     }
 
     /// Weight rows `w` (back to back) · `groups` groups of eight interleaved activation rows
