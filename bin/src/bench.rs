@@ -2,9 +2,11 @@
 //!
 //! Like llama-bench, prompts are random token ids, every test starts from an empty context,
 //! one warm-up run precedes the timed repetitions, and results are the mean and standard
-//! deviation of tokens/s over the repetitions.
+//! deviation of tokens/s over the repetitions. With a decode test, the memory's read bandwidth
+//! is measured too (a parallel sum over 256 MiB on the same threads), so the decode's weight
+//! stream can be read as a share of it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use compute::{LoadSpec, Model, Session};
@@ -72,6 +74,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let progress = !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let n_vocab = model.n_vocab as u32;
     let mut results = Vec::new();
+    // Per thread count: the memory's read bandwidth (GB/s), what a decode can at most stream.
+    let mut mem_bw = Vec::new();
     for &t in &threads {
         let pool =
             rayon::ThreadPoolBuilder::new().num_threads(t).build().context("cannot start the compute threads")?;
@@ -110,7 +114,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             }
             results.push(r);
         }
+        if a.n_gen > 0 {
+            mem_bw.push((t, pool.install(|| solver::profile::mem_bandwidth(Duration::from_millis(1500)))));
+        }
     }
+    let mem_bw_of = |t: usize| mem_bw.iter().find(|m| m.0 == t).map(|m| m.1);
     let gb = |bytes: u64| bytes as f64 / 1e9;
     if a.json {
         for r in &results {
@@ -130,15 +138,24 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             });
             if r.n_gen > 0 {
                 o["weights_gb_per_s"] = serde_json::json!(gb(weight_bytes) * tps);
+                if let Some(m) = mem_bw_of(r.threads) {
+                    o["mem_bandwidth_gb_per_s"] = serde_json::json!(m);
+                }
             }
             println!("{o}");
         }
     } else {
-        println!("| model | size | params | threads | test | t/s | ms/token | weights GB/s |");
+        println!("| model | size | params | threads | test | t/s | ms/token | weights GB/s (of memory's) |");
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for r in &results {
             let tps = r.mean();
-            let bw = if r.n_gen > 0 { format!("{:.1}", gb(weight_bytes) * tps) } else { "".into() };
+            let bw = match (r.n_gen > 0, mem_bw_of(r.threads)) {
+                (false, _) => String::new(),
+                (true, Some(m)) => {
+                    format!("{:.1} ({:.0} % of {m:.1})", gb(weight_bytes) * tps, 100.0 * gb(weight_bytes) * tps / m)
+                }
+                (true, None) => format!("{:.1}", gb(weight_bytes) * tps),
+            };
             println!(
                 "| {name} | {:.2} GiB | {:.2} B | {} | {} | {:.2} ± {:.2} | {:.2} | {bw} |",
                 f.file_len() as f64 / (1u64 << 30) as f64,
