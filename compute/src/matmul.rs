@@ -11,7 +11,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::quant::activation::{
-    interleave_q8_0x8, interleave_q8kx8, BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1,
+    interleave_q8_0x8, interleave_q8_1x8, interleave_q8kx8, BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1,
+    BlockQ8_1x8,
 };
 use crate::quant::dequant::dequantize_row;
 use crate::quant::simd::Kernels;
@@ -85,6 +86,8 @@ pub struct QuantizedActs {
     /// rest of the rows (fewer than eight) only in `q8_0`.
     q8_0x8: Vec<BlockQ8_0x8>,
     q8_1: Vec<BlockQ8_1>,
+    /// The Q8_1 rows in groups of eight interleaved, as `q8_0x8` (for Q4_1).
+    q8_1x8: Vec<BlockQ8_1x8>,
     q8k: Vec<BlockQ8K>,
     /// The Q8_K rows in groups of eight interleaved, as `q8_0x8` (for IQ1_S in its tiled order).
     q8kx8: Vec<BlockQ8Kx8>,
@@ -181,6 +184,13 @@ impl QuantizedActs {
                     k.quantize_q8_1(row, &mut self.tmp1);
                     self.q8_1.extend_from_slice(&self.tmp1);
                 }
+                self.q8_1x8.clear();
+                if interleave {
+                    let nb = n_in / 32;
+                    for g in self.q8_1.chunks_exact(8 * nb) {
+                        interleave_q8_1x8(std::array::from_fn(|r| &g[r * nb..(r + 1) * nb]), &mut self.q8_1x8);
+                    }
+                }
             }
             VecDotType::Q8K => {
                 self.q8k.clear();
@@ -204,12 +214,12 @@ impl QuantizedActs {
     }
 }
 
-/// Whether `ty` has kernels over eight interleaved activation rows (Q4_0/IQ4_NL on Q8_0 rows;
-/// IQ1_S, Q4_K and Q6_K in their tiled order on Q8_K rows): the activations are interleaved only
-/// for those.
+/// Whether `ty` has kernels over eight interleaved activation rows (Q4_0/IQ4_NL on Q8_0 rows,
+/// Q4_1 on Q8_1 rows; IQ1_S, Q4_K and Q6_K in their tiled order on Q8_K rows): the
+/// activations are interleaved only for those.
 pub(crate) fn takes_interleaved_rows(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q4_0 | IQ4_NL | IQ1_S | Q4_K | Q6_K)
+    matches!(ty, Q4_0 | Q4_1 | IQ4_NL | IQ1_S | Q4_K | Q6_K)
 }
 
 /// Dot product of weight row `w` (type `ty`) with activation row `t` of `acts`.
@@ -302,10 +312,9 @@ pub(crate) fn compute_rows(
         let (n_rows, groups) = (acts.n_rows, acts.q8_0x8.len() / nb);
         let grouped = groups * 8;
         scratch.resize(n_w * grouped, 0.0);
-        if w.ty == GgmlType::Q4_0 {
-            k.vec_dot_q4_0_q8_0x8(rows, &acts.q8_0x8, groups, scratch);
-        } else {
-            k.vec_dot_iq4_nl_q8_0x8(rows, &acts.q8_0x8, groups, scratch);
+        match w.ty {
+            GgmlType::Q4_0 => k.vec_dot_q4_0_q8_0x8(rows, &acts.q8_0x8, groups, scratch),
+            _ => k.vec_dot_iq4_nl_q8_0x8(rows, &acts.q8_0x8, groups, scratch),
         }
         let a = &acts.q8_0[grouped * nb..n_rows * nb];
         for ((wr, o), lanes) in
@@ -313,11 +322,27 @@ pub(crate) fn compute_rows(
         {
             let (o8, rest) = o.split_at_mut(grouped);
             o8.copy_from_slice(lanes);
-            if w.ty == GgmlType::Q4_0 {
-                k.vec_dot_q4_0_q8_0_rows(wr, a, rest);
-            } else {
-                k.vec_dot_iq4_nl_q8_0_rows(wr, a, rest);
+            match w.ty {
+                GgmlType::Q4_0 => k.vec_dot_q4_0_q8_0_rows(wr, a, rest),
+                _ => k.vec_dot_iq4_nl_q8_0_rows(wr, a, rest),
             }
+        }
+        return;
+    }
+    // Q4_1 with interleaved groups of eight activation rows: the groups through the kernel with
+    // one lane per activation row, the remaining rows through the multi-row kernel.
+    if w.ty == GgmlType::Q4_1 && !acts.q8_1x8.is_empty() && nb > 0 {
+        let (n_rows, groups) = (acts.n_rows, acts.q8_1x8.len() / nb);
+        let grouped = groups * 8;
+        scratch.resize(n_w * grouped, 0.0);
+        k.vec_dot_q4_1_q8_1x8(rows, &acts.q8_1x8, groups, scratch);
+        let a = &acts.q8_1[grouped * nb..n_rows * nb];
+        for ((wr, o), lanes) in
+            rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)).zip(scratch.chunks_exact(grouped))
+        {
+            let (o8, rest) = o.split_at_mut(grouped);
+            o8.copy_from_slice(lanes);
+            k.vec_dot_q4_1_q8_1_rows(wr, a, rest);
         }
         return;
     }

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use compute::ops;
 use compute::quant::activation::{
-    interleave_q8_0x8, interleave_q8kx8, quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    interleave_q8_0x8, interleave_q8_1x8, interleave_q8kx8, quantize_q8_0, quantize_q8_1, quantize_q8_k, BlockQ8K,
+    BlockQ8_0, BlockQ8_1,
 };
 use compute::quant::dot;
 use compute::quant::simd::{Isa, Kernels};
@@ -493,14 +494,15 @@ fn assert_x8_bits(got: &[f32], want: &[f32], what: &str) {
 
 #[test]
 fn interleaved_eight_row_dots_match_single_row_dots() {
-    // Goal: the Q4_0/IQ4_NL kernels over groups of eight interleaved activation rows give each
-    // (weight row, activation row) the bits of the single-row scalar reference, on every path
-    // (scalar included); method: 1..=17 weight rows (whole groups of eight weight rows and their
-    // remainders) × 1..=3 groups × ragged block counts, slabs of 64 blocks and their remainders
-    // among them, × 5 seeds, with activations at ±127 in some (the largest unsigned products).
+    // Goal: the Q4_0/IQ4_NL/Q4_1 kernels over groups of eight interleaved activation rows
+    // give each (weight row, activation row) the bits of the single-row scalar reference, on every
+    // path (scalar included); method: 1..=17 weight rows (whole groups of eight weight rows and
+    // their remainders) × 1..=3 groups × ragged block counts, slabs of 64 blocks and their
+    // remainders among them, × 5 seeds, with activations at ±127 in some (the largest unsigned
+    // products).
     let mut paths = simd_paths();
     paths.insert(0, Kernels::scalar());
-    for ty in [GgmlType::Q4_0, GgmlType::IQ4_NL] {
+    for ty in [GgmlType::Q4_0, GgmlType::IQ4_NL, GgmlType::Q4_1] {
         let mut rng = StdRng::seed_from_u64(888 + ty.id() as u64);
         for seed in 0..5 {
             for (n_w, groups, n_blocks) in [
@@ -520,24 +522,40 @@ fn interleaved_eight_row_dots_match_single_row_dots() {
                     // Rows saturated at ±amax: every quantized value ±127.
                     x.iter_mut().for_each(|v| *v = if *v < 0.0 { -3.0 } else { 3.0 });
                 }
-                let Acts::Q8_0(a) = quantize_rows(ty, &x, 8 * groups) else { unreachable!("{ty} takes Q8_0") };
-                let mut a8 = Vec::new();
-                for g in a.chunks_exact(8 * n_blocks) {
-                    interleave_q8_0x8(std::array::from_fn(|r| &g[r * n_blocks..(r + 1) * n_blocks]), &mut a8);
-                }
+                let a = quantize_rows(ty, &x, 8 * groups);
                 let rb = w.len() / n_w;
                 let want: Vec<f32> = w
                     .chunks_exact(rb)
-                    .flat_map(|wr| {
-                        a.chunks_exact(n_blocks).map(move |row| reference(ty, wr, &Acts::Q8_0(row.to_vec()), false))
-                    })
+                    .flat_map(|wr| (0..8 * groups).map(|t| reference(ty, wr, &acts_row(&a, 8 * groups, t), false)))
                     .collect();
                 for &k in &paths {
                     let mut got = vec![f32::NAN; 8 * groups * n_w];
-                    if ty == GgmlType::Q4_0 {
-                        k.vec_dot_q4_0_q8_0x8(&w, &a8, groups, &mut got);
-                    } else {
-                        k.vec_dot_iq4_nl_q8_0x8(&w, &a8, groups, &mut got);
+                    match &a {
+                        Acts::Q8_0(a) => {
+                            let mut a8 = Vec::new();
+                            for g in a.chunks_exact(8 * n_blocks) {
+                                interleave_q8_0x8(
+                                    std::array::from_fn(|r| &g[r * n_blocks..(r + 1) * n_blocks]),
+                                    &mut a8,
+                                );
+                            }
+                            if ty == GgmlType::Q4_0 {
+                                k.vec_dot_q4_0_q8_0x8(&w, &a8, groups, &mut got);
+                            } else {
+                                k.vec_dot_iq4_nl_q8_0x8(&w, &a8, groups, &mut got);
+                            }
+                        }
+                        Acts::Q8_1(a) => {
+                            let mut a8 = Vec::new();
+                            for g in a.chunks_exact(8 * n_blocks) {
+                                interleave_q8_1x8(
+                                    std::array::from_fn(|r| &g[r * n_blocks..(r + 1) * n_blocks]),
+                                    &mut a8,
+                                );
+                            }
+                            k.vec_dot_q4_1_q8_1x8(&w, &a8, groups, &mut got);
+                        }
+                        Acts::Q8K(_) => unreachable!("{ty} takes 32-element activation blocks"),
                     }
                     assert_x8_bits(
                         &got,

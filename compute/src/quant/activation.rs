@@ -71,6 +71,40 @@ impl BlockQ8_0x8 {
     }
 }
 
+/// One Q8_1 block of eight activation rows, interleaved like [`BlockQ8_0x8`], with each row's
+/// scale `d` and `s` (for Q4_1, whose values are unsigned already).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+pub struct BlockQ8_1x8 {
+    pub qs: [i8; 256],
+    pub d: [f32; 8],
+    pub s: [f32; 8],
+}
+
+/// Interleaves eight rows of Q8_1 blocks (each `rows[r]`, of equal length) into `out`, block by
+/// block (see [`BlockQ8_1x8`]).
+pub fn interleave_q8_1x8(rows: [&[BlockQ8_1]; 8], out: &mut Vec<BlockQ8_1x8>) {
+    for b in 0..rows[0].len() {
+        let mut blk = BlockQ8_1x8 { qs: [0; 256], d: [0.0; 8], s: [0.0; 8] };
+        for (r, row) in rows.iter().enumerate() {
+            let y = &row[b];
+            put_row(&mut blk.qs, r, &y.qs);
+            blk.d[r] = y.d;
+            blk.s[r] = y.s;
+        }
+        out.push(blk);
+    }
+}
+
+impl BlockQ8_1x8 {
+    /// Row `r`'s block, as it was before interleaving.
+    pub fn row(&self, r: usize) -> BlockQ8_1 {
+        let mut y = BlockQ8_1 { d: self.d[r], s: self.s[r], qs: [0; 32] };
+        take_row(&self.qs, r, &mut y.qs);
+        y
+    }
+}
+
 /// One Q8_K block of eight activation rows, interleaved like [`BlockQ8_0x8`]: bytes
 /// `32g..32g + 32` hold elements `4g..4g + 4` of row 0, then of row 1, … row 7 (64 groups); with
 /// each row's scale and, for each 32-element sub-block `j`, the rows' value sums at `8j..8j + 8`

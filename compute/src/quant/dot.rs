@@ -12,7 +12,7 @@
 
 use half::f16;
 
-use super::activation::{BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
+use super::activation::{BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, BlockQ8_1x8};
 use super::tables::{IQ1S_GRID, KVALUES_IQ4NL};
 
 /// `IQ1S_DELTA` from ggml-common.h: the offset added to every IQ1_S grid value.
@@ -124,6 +124,12 @@ pub fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
         lanes_fma(&mut acc, d * y.d, &lanes);
     }
     hsum8(&acc) + summs
+}
+
+/// [`vec_dot_q4_1_q8_1`] of weight rows `w` (back to back) with groups of eight interleaved
+/// activation rows ([`BlockQ8_1x8`]), laid out as [`vec_dot_q4_0_q8_0x8`] says.
+pub fn vec_dot_q4_1_q8_1x8(w: &[u8], a: &[BlockQ8_1x8], groups: usize, out: &mut [f32]) {
+    dot_x8(w, 20, a, groups, out, BlockQ8_1x8::row, vec_dot_q4_1_q8_1)
 }
 
 /// Q5_0 (22-byte blocks: f16 d, u32 high bits, 16 bytes of nibbles) · Q8_0.

@@ -15,7 +15,7 @@ use super::avx2::{
     iq1_s_sub_block, iq4_nl_values, lane, load16_i16, load32, load32_i8, nibble_blocks_dot_x4, nibbles, q4_0_values,
     q4_k_rows, q5_k_rows, q6_k_rows, q6k_unpack, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
 };
-use crate::quant::activation::{BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
+use crate::quant::activation::{BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, BlockQ8_1x8};
 use crate::quant::dot::scales_mins_k4;
 
 pub use super::avx2::{
@@ -223,6 +223,65 @@ fn q4_1_rows8(w: &[u8], a: &[BlockQ8_1], nb: usize, out: &mut [f32]) {
     for ((o, acc), summs) in out.iter_mut().zip(acc).zip(sm) {
         *o = hsum8(acc) + summs;
     }
+}
+
+/// `hsum_float_8` of eight accumulators lane by lane: lane `r` of the result is
+/// `((a4 + a0) + (a6 + a2)) + ((a5 + a1) + (a7 + a3))` of the lanes `r`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn hsum8_lanes(acc: &[__m256; 8]) -> __m256 {
+    let lo = _mm256_add_ps(_mm256_add_ps(acc[4], acc[0]), _mm256_add_ps(acc[6], acc[2]));
+    let hi = _mm256_add_ps(_mm256_add_ps(acc[5], acc[1]), _mm256_add_ps(acc[7], acc[3]));
+    _mm256_add_ps(lo, hi)
+}
+
+/// [`vec_dot_q4_1_q8_1`] of weight rows `w` (back to back) × `groups` groups of eight
+/// interleaved activation rows ([`BlockQ8_1x8`]), laid out as `dot::vec_dot_q4_1_q8_1x8` says.
+/// Lanes are activation rows: the reference's eight integer lanes become eight accumulators,
+/// lane position `l` fed by one `vpdpbusd` of weight word `l` (a broadcast load) with the eight
+/// rows' word `l`; the scale product `d·y.d` and the `summs` step are one vector operation per
+/// block for the eight rows, and `hsum_float_8`'s order is kept across the eight accumulators.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q4_1_x8(w: &[u8], a: &[BlockQ8_1x8], groups: usize, out: &mut [f32]) {
+    let nb = a.len() / groups.max(1);
+    let rb = 20 * nb;
+    if rb == 0 {
+        return;
+    }
+    let z = _mm256_setzero_si256();
+    for (i, wr) in w.chunks_exact(rb).enumerate() {
+        for (g, ys) in a.chunks_exact(nb).enumerate() {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut summs = _mm256_setzero_ps();
+            for (blk, y) in wr.chunks_exact(20).zip(ys) {
+                let dm = f16x4(blk, 0);
+                // The weight words stored once and broadcast from memory (`vpermd` broadcasts
+                // measured slower).
+                let mut words = [0i32; 8];
+                // SAFETY: writes the 32 bytes of `words`; `storeu` has no alignment requirement.
+                unsafe { _mm256_storeu_si256(words.as_mut_ptr().cast(), nibbles(sub(blk, 4))) };
+                // SAFETY: reads the 8 floats of `d` and of `s`; `loadu` has no alignment requirement.
+                let (yd, ys) = unsafe { (_mm256_loadu_ps(y.d.as_ptr()), _mm256_loadu_ps(y.s.as_ptr())) };
+                summs = _mm256_fmadd_ps(_mm256_set1_ps(lane::<1>(dm)), ys, summs);
+                let dd = _mm256_mul_ps(_mm256_broadcastss_ps(dm), yd);
+                for (l, acc) in acc.iter_mut().enumerate() {
+                    let v = _mm256_dpbusd_epi32(z, _mm256_set1_epi32(words[l]), load32_i8(sub_i8(&y.qs, 32 * l)));
+                    *acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(v), *acc);
+                }
+            }
+            let r = _mm256_add_ps(hsum8_lanes(&acc), summs);
+            // SAFETY: writes 8 floats at `(i·groups + g)·8`, inside `out` (n_w · groups · 8 long).
+            unsafe { _mm256_storeu_ps(out[(i * groups + g) * 8..][..8].as_mut_ptr(), r) };
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_1_q8_1x8(w: &[u8], a: &[BlockQ8_1x8], groups: usize, out: &mut [f32]) {
+    q4_1_x8(w, a, groups, out)
 }
 
 /// [`vec_dot_q8_0_q8_0`] for `R` activation rows.

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-use super::activation::{self, BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1};
+use super::activation::{self, BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, BlockQ8_1x8};
 use super::dot;
 use crate::ops;
 
@@ -338,6 +338,11 @@ impl Kernels {
     /// the bits of [`Kernels::vec_dot_q4_0_q8_0`] of weight row `i` with row `r` of group `g`.
     pub fn vec_dot_q4_0_q8_0x8(self, w: &[u8], a: &[BlockQ8_0x8], groups: usize, out: &mut [f32]) {
         dispatch_x8!(self, vec_dot_q4_0_q8_0x8, (w, a, groups, out))
+    }
+
+    /// As [`Kernels::vec_dot_q4_0_q8_0x8`] for [`Kernels::vec_dot_q4_1_q8_1`] on Q8_1 rows.
+    pub fn vec_dot_q4_1_q8_1x8(self, w: &[u8], a: &[BlockQ8_1x8], groups: usize, out: &mut [f32]) {
+        dispatch_x8!(self, vec_dot_q4_1_q8_1x8, (w, a, groups, out))
     }
 
     /// As [`Kernels::vec_dot_q4_0_q8_0x8`] for [`Kernels::vec_dot_iq4_nl_q8_0`].
