@@ -56,7 +56,7 @@ fn check(path: &Path) {
         model.embed(&tokens, &mut h).unwrap();
         model
             .with_team(&mut s, |team, s| {
-                model.forward_batch_on(team, 0..n_layer, &mut h, &pos, Some(&slots), &mut kvs, s)
+                model.forward_batch_on(team, 0..n_layer, &mut h, &pos, Some(&slots), None, &mut kvs, s)
             })
             .unwrap();
         let mut d = Vec::new();
@@ -64,7 +64,7 @@ fn check(path: &Path) {
         let dpos: Vec<usize> = prompts.iter().map(Vec::len).collect();
         model
             .with_team(&mut s, |team, s| {
-                model.forward_batch_on(team, 0..n_layer, &mut d, &dpos, Some(&[0, 1, 2]), &mut kvs, s)
+                model.forward_batch_on(team, 0..n_layer, &mut d, &dpos, Some(&[0, 1, 2]), None, &mut kvs, s)
             })
             .unwrap();
         assert!(prompts.iter().any(|p| p.len() >= TILED_GEMM_MIN_ROWS), "no run of 8+ rows");
@@ -81,8 +81,43 @@ fn check(path: &Path) {
         // A slot that does not exist is an error, not a panic.
         let mut one = d[..e].to_vec();
         let bad = model.with_team(&mut s, |team, s| {
-            model.forward_batch_on(team, 0..n_layer, &mut one, &[5], Some(&[7]), &mut kvs, s)
+            model.forward_batch_on(team, 0..n_layer, &mut one, &[5], Some(&[7]), None, &mut kvs, s)
         });
         assert!(bad.is_err());
+        // Only each prompt's last row wanted (its logits): those rows keep their bits, the last
+        // layer's feed-forward block running on them alone.
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let lasts: Vec<u32> = prompts
+            .iter()
+            .scan(0, |end, p| {
+                *end += p.len();
+                Some(*end as u32 - 1)
+            })
+            .collect();
+        let mut kvs2: Vec<_> = (0..3).map(|_| model.new_kv_cache(64)).collect();
+        let mut h2 = Vec::new();
+        model.embed(&tokens, &mut h2).unwrap();
+        model
+            .with_team(&mut s, |team, s| {
+                model.forward_batch_on(team, 0..n_layer, &mut h2, &pos, Some(&slots), Some(&lasts), &mut kvs2, s)
+            })
+            .unwrap();
+        for &r in &lasts {
+            let r = r as usize;
+            assert_eq!(
+                bits(&h2[r * e..(r + 1) * e]),
+                bits(&h[r * e..(r + 1) * e]),
+                "{}: output row {r}",
+                path.display()
+            );
+        }
+        // Output rows out of range or not increasing: an error, not a panic.
+        for rows in [vec![tokens.len() as u32], vec![1, 1], vec![2, 1]] {
+            let mut h3 = h2.clone();
+            let bad = model.with_team(&mut s, |team, s| {
+                model.forward_batch_on(team, 0..n_layer, &mut h3, &pos, Some(&slots), Some(&rows), &mut kvs2, s)
+            });
+            assert!(bad.is_err(), "output rows {rows:?} accepted");
+        }
     });
 }

@@ -128,7 +128,16 @@ impl ComputeState {
                         let w = &shard.windows[i];
                         let t = Instant::now();
                         w.model
-                            .forward_batch_on(team, w.layers.clone(), hidden, positions, slots, &mut kvs[i], s)
+                            .forward_batch_on(
+                                team,
+                                w.layers.clone(),
+                                hidden,
+                                positions,
+                                slots,
+                                Some(&logit_rows),
+                                &mut kvs[i],
+                                s,
+                            )
                             .map_err(|e| format!("layers {:?}: {e}", w.layers))?;
                         compute_us += t.elapsed().as_micros() as u64;
                         let _ = prefetcher.cast(PrefetchMsg::Ran { window: i, next });

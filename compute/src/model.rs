@@ -247,7 +247,7 @@ impl Model {
         kv: &mut KvCache,
         s: &mut Scratch,
     ) -> Result<()> {
-        self.forward_batch_on(team, layers, hidden, positions, None, std::slice::from_mut(kv), s)
+        self.forward_batch_on(team, layers, hidden, positions, None, None, std::slice::from_mut(kv), s)
     }
 
     /// Runs layers `layers` on rows of several sequences at once: row `t` is at position
@@ -255,6 +255,10 @@ impl Model {
     /// `kvs[0]`). The rows of one sequence must be consecutive. The weights are read once for
     /// all rows; attention runs per sequence over its own cache, so every row gets the same
     /// bits as when its sequence runs alone with the same chunks.
+    ///
+    /// `outputs`: the rows whose final hidden state is wanted (for logits), increasing; `None`:
+    /// every row. As in llama.cpp, the model's last layer runs its feed-forward block on those
+    /// rows only, and leaves the others' hidden state after its attention block.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_batch_on<'m>(
         &'m self,
@@ -263,11 +267,17 @@ impl Model {
         hidden: &mut [f32],
         positions: &[usize],
         slots: Option<&[usize]>,
+        outputs: Option<&[u32]>,
         kvs: &mut [KvCache],
         s: &mut Scratch,
     ) -> Result<()> {
         let hp = &self.hp;
         let n_tok = positions.len();
+        if let Some(o) = outputs {
+            if o.iter().any(|&r| r as usize >= n_tok) || o.windows(2).any(|p| p[0] >= p[1]) {
+                return Err(Error::BadHParam(format!("output rows {o:?} are not increasing rows of {n_tok}")));
+            }
+        }
         if let Some(sl) = slots {
             if sl.len() != n_tok {
                 return Err(Error::BadHParam(format!("{} slots for {n_tok} rows", sl.len())));
@@ -300,7 +310,7 @@ impl Model {
             // Where llama.cpp's kernel order depends on the batch, each sequence's rows take the
             // order of its own run (see `QuantizedActs::set_runs`).
             team.set_runs(ops::sequence_runs(slots, n_tok));
-            res = self.forward_layer(il, lw, hidden, positions, slots, kvs, s, team);
+            res = self.forward_layer(il, lw, hidden, positions, slots, outputs, kvs, s, team);
             if res.is_err() {
                 break;
             }
@@ -317,6 +327,7 @@ impl Model {
         hidden: &mut [f32],
         positions: &[usize],
         slots: Option<&[usize]>,
+        outputs: Option<&[u32]>,
         kvs: &mut [KvCache],
         s: &mut Scratch,
         team: &mut Team<'m, '_>,
@@ -396,8 +407,11 @@ impl Model {
         debug_sum(dbg, "ffn_inp", il, hidden);
 
         // Feed-forward block (SwiGLU). In the model's last layer llama.cpp runs it only on the
-        // rows whose logits are wanted, one per sequence here: each row as a run of its own.
+        // rows whose logits are wanted (`outputs`), each row as a run of its own.
         if il + 1 == hp.n_layer {
+            if let Some(rows) = outputs {
+                return self.ffn_rows(il, lw, hidden, rows, s, team);
+            }
             team.set_runs(std::iter::repeat_n(1, n_tok));
         }
         for (x, o) in hidden.chunks_exact(e).zip(s.xn.chunks_exact_mut(e)) {
@@ -415,6 +429,44 @@ impl Model {
         debug_sum(dbg, "ffn_out", il, &s.proj);
         hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
         debug_sum(dbg, "l_out", il, hidden);
+        Ok(())
+    }
+
+    /// The feed-forward block of layer `il` on the hidden rows `rows` only, each as a run of its
+    /// own (the last layer's, see [`Model::forward_batch_on`]).
+    fn ffn_rows<'m>(
+        &'m self,
+        il: usize,
+        lw: &LayerWeights,
+        hidden: &mut [f32],
+        rows: &[u32],
+        s: &mut Scratch,
+        team: &mut Team<'m, '_>,
+    ) -> Result<()> {
+        let hp = &self.hp;
+        let (e, ff, n) = (hp.n_embd, hp.n_ff, rows.len());
+        if n == 0 {
+            return Ok(());
+        }
+        team.set_runs(std::iter::repeat_n(1, n));
+        s.xn.resize(n * e, 0.0);
+        for (&r, o) in rows.iter().zip(s.xn.chunks_exact_mut(e)) {
+            let r = r as usize;
+            ops::rms_norm(&hidden[r * e..(r + 1) * e], &lw.ffn_norm, hp.rms_eps, o);
+        }
+        s.gate.resize(n * ff, 0.0);
+        s.up.resize(n * ff, 0.0);
+        team.matmuls(&[self.matrix(&lw.gate), self.matrix(&lw.up)], &s.xn, &mut [&mut s.gate, &mut s.up]);
+        let dbg = self.debug_sums;
+        debug_sum(dbg, "ffn_norm", il, &s.xn);
+        ops::swiglu(&mut s.gate, &s.up);
+        s.proj.resize(n * e, 0.0);
+        team.matmul(&self.matrix(&lw.down), &s.gate, &mut s.proj);
+        debug_sum(dbg, "ffn_out", il, &s.proj);
+        for (&r, p) in rows.iter().zip(s.proj.chunks_exact(e)) {
+            let r = r as usize;
+            hidden[r * e..(r + 1) * e].iter_mut().zip(p).for_each(|(h, p)| *h += p);
+        }
         Ok(())
     }
 

@@ -62,11 +62,17 @@ impl<'m> Session<'m> {
             (self.model, &mut self.kv, &mut self.hidden, &mut self.positions, &mut self.n_past);
         // One team for the whole call: its helpers start once per step, not once per part.
         model.with_team(&mut self.scratch, |team, scratch| {
-            for chunk in tokens.chunks(PREFILL_CHUNK) {
+            let n_chunks = tokens.len().div_ceil(PREFILL_CHUNK);
+            for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
                 model.embed(chunk, hidden)?;
                 positions.clear();
                 positions.extend(*n_past..*n_past + chunk.len());
-                model.forward_layers_on(team, 0..n_layer, hidden, positions, kv, scratch)?;
+                // Only the last row's logits are wanted: the last layer's feed-forward block
+                // runs on that row alone (on none for the chunks before).
+                let last_row = [chunk.len() as u32 - 1];
+                let outputs: &[u32] = if i + 1 == n_chunks { &last_row } else { &[] };
+                let kvs = std::slice::from_mut(&mut *kv);
+                model.forward_batch_on(team, 0..n_layer, hidden, positions, None, Some(outputs), kvs, scratch)?;
                 *n_past += chunk.len();
             }
             let last = &hidden[hidden.len() - e..];
