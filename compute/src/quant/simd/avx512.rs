@@ -580,30 +580,50 @@ fn tile_word(tile: &KTile, t: usize, at: usize) -> i32 {
     i32::from_le_bytes(*sub(&tile.q[t], at))
 }
 
-/// One Q4_K super-block of eight weight rows (`tile`) × eight interleaved activation rows `y`:
-/// per weight row `t`, lane `r` = `fma(-dmin, s2, fl(s1·d))` of `dot::vec_dot_q4_k_q8_k_tiled`.
-/// Each 4-byte group of activations (eight rows) is loaded once for the eight weight rows, each
-/// weight word broadcast from the tile into one `vpdpbusd`.
+/// The exact integers of one super-block of eight weight rows (`tile`, `SUBS` sub-blocks) ×
+/// eight interleaved activation rows `y`: per weight row `t`, lane `r` = Σ over sub-blocks of
+/// the scale × (Σ weight · activation − 2^`SHIFT` × the row's sub-block sum from `sums`, where
+/// the weights are taken 2^`SHIFT` above their value; `SHIFT = 0`: no offset). Each 4-byte group
+/// of activations (eight rows) is loaded once for the eight weight rows, each weight word
+/// broadcast from the tile into one `vpdpbusd`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn q4k_block_8x8(tile: &KTile, y: &BlockQ8Kx8) -> [__m256; 8] {
+fn tile_scaled_sums<const SUBS: usize, const SHIFT: i32>(tile: &KTile, y: &BlockQ8Kx8, sums: &[i32]) -> [__m256i; 8] {
+    let (width, words) = (256 / SUBS, 64 / SUBS);
     let z = _mm256_setzero_si256();
     let mut s1 = [z; 8];
-    for s in 0..8 {
-        let mut acc = [z; 8];
-        for q in 0..8 {
-            let codes = load32_i8(sub_i8(&y.qs, 32 * (8 * s + q)));
+    for s in 0..SUBS {
+        let start = if SHIFT > 0 {
+            // SAFETY: reads sums 8s..8s + 8 of the 8·SUBS; `loadu` has no alignment requirement.
+            let sums = unsafe { _mm256_loadu_si256(sums[8 * s..8 * s + 8].as_ptr().cast()) };
+            _mm256_sub_epi32(z, _mm256_slli_epi32::<SHIFT>(sums))
+        } else {
+            z
+        };
+        let mut acc = [start; 8];
+        for q in 0..words {
+            let codes = load32_i8(sub_i8(&y.qs, 32 * (words * s + q)));
             for (t, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_dpbusd_epi32(*acc, _mm256_set1_epi32(tile_word(tile, t, 32 * s + 4 * q)), codes);
+                *acc = _mm256_dpbusd_epi32(*acc, _mm256_set1_epi32(tile_word(tile, t, width * s + 4 * q)), codes);
             }
         }
         for (t, s1) in s1.iter_mut().enumerate() {
-            // |Σ x·q| ≤ 15·128·32 per sub-block, × 6-bit scales, 8 sub-blocks: fits i32.
+            // Exact in i32: Q4_K |Σ x·q| ≤ 15·128·32 × 6-bit scales × 8; Q6_K |Σ (x - 32)·q| ≤
+            // 32·128·16 × 8-bit scales × 16; IQ1_S |Σ (8g ± 1)·q| ≤ 32·9·127 × 15 × 8.
             *s1 = _mm256_add_epi32(*s1, _mm256_mullo_epi32(acc[t], _mm256_set1_epi32(tile.sc[t][s])));
         }
     }
+    s1
+}
+
+/// One Q4_K super-block of eight weight rows × eight interleaved activation rows: per weight row
+/// `t`, lane `r` = `fma(-dmin, s2, fl(s1·d))` of `dot::vec_dot_q4_k_q8_k_tiled`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q4k_block_8x8(tile: &KTile, y: &BlockQ8Kx8) -> [__m256; 8] {
+    let s1 = tile_scaled_sums::<8, 0>(tile, y, &y.sums);
     // A loop, not `array::from_fn`: its closure was not inlined into this function.
-    let mut s2 = [z; 8];
+    let mut s2 = [_mm256_setzero_si256(); 8];
     for s in 0..8 {
         // SAFETY: reads sums 8s..8s + 8 of the 64; `loadu` has no alignment requirement.
         let sums = unsafe { _mm256_loadu_si256(y.sums.as_ptr().add(8 * s).cast()) };
@@ -619,62 +639,14 @@ fn q4k_block_8x8(tile: &KTile, y: &BlockQ8Kx8) -> [__m256; 8] {
     r
 }
 
-/// As [`q4k_block_8x8`] for IQ1_S: per weight row `t`, lane `r` = `fl(s·d/8)` of
-/// `dot::vec_dot_iq1_s_q8_k_tiled`; each sub-block's products start from -128 × the rows' sums
-/// (the weights are taken unsigned).
+/// Per weight row `t`, lane `r` = `fl(s·d)`: the one-integer epilogue of Q6_K and IQ1_S (whose
+/// `d` in the tile is already `d/8`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn iq1s_block_8x8(tile: &KTile, y: &BlockQ8Kx8) -> [__m256; 8] {
-    let z = _mm256_setzero_si256();
-    let mut s1 = [z; 8];
-    for s in 0..8 {
-        // SAFETY: reads sums 8s..8s + 8 of the 64; `loadu` has no alignment requirement.
-        let sums = unsafe { _mm256_loadu_si256(y.sums.as_ptr().add(8 * s).cast()) };
-        let mut acc = [_mm256_sub_epi32(z, _mm256_slli_epi32::<7>(sums)); 8];
-        for q in 0..8 {
-            let codes = load32_i8(sub_i8(&y.qs, 32 * (8 * s + q)));
-            for (t, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_dpbusd_epi32(*acc, _mm256_set1_epi32(tile_word(tile, t, 32 * s + 4 * q)), codes);
-            }
-        }
-        for (t, s1) in s1.iter_mut().enumerate() {
-            // |Σ (8g ± 1)·q| ≤ 32·9·127 per sub-block, × ls ≤ 15, 8 sub-blocks: < 2²⁴.
-            *s1 = _mm256_add_epi32(*s1, _mm256_mullo_epi32(acc[t], _mm256_set1_epi32(tile.sc[t][s])));
-        }
-    }
+fn scaled_by_d(tile: &KTile, s: [__m256i; 8]) -> [__m256; 8] {
     let mut r = [_mm256_setzero_ps(); 8];
     for (t, r) in r.iter_mut().enumerate() {
-        *r = _mm256_mul_ps(_mm256_cvtepi32_ps(s1[t]), _mm256_set1_ps(tile.d[t]));
-    }
-    r
-}
-
-/// As [`q4k_block_8x8`] for Q6_K: per weight row `t`, lane `r` = `fl(s·d)` of
-/// `dot::vec_dot_q6_k_q8_k_tiled`; each 16-element sub-block's products start from -32 × the
-/// rows' sums (the values are taken unsigned).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn q6k_block_8x8(tile: &KTile, y: &BlockQ8Kx8) -> [__m256; 8] {
-    let z = _mm256_setzero_si256();
-    let mut s1 = [z; 8];
-    for s in 0..16 {
-        // SAFETY: reads sums 8s..8s + 8 of the 128; `loadu` has no alignment requirement.
-        let sums = unsafe { _mm256_loadu_si256(y.sums16.as_ptr().add(8 * s).cast()) };
-        let mut acc = [_mm256_sub_epi32(z, _mm256_slli_epi32::<5>(sums)); 8];
-        for q in 0..4 {
-            let codes = load32_i8(sub_i8(&y.qs, 32 * (4 * s + q)));
-            for (t, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_dpbusd_epi32(*acc, _mm256_set1_epi32(tile_word(tile, t, 16 * s + 4 * q)), codes);
-            }
-        }
-        for (t, s1) in s1.iter_mut().enumerate() {
-            // |Σ (x - 32)·q| ≤ 32·128·16 per sub-block, × 8-bit scales, 16 sub-blocks: fits i32.
-            *s1 = _mm256_add_epi32(*s1, _mm256_mullo_epi32(acc[t], _mm256_set1_epi32(tile.sc[t][s])));
-        }
-    }
-    let mut r = [_mm256_setzero_ps(); 8];
-    for (t, r) in r.iter_mut().enumerate() {
-        *r = _mm256_mul_ps(_mm256_cvtepi32_ps(s1[t]), _mm256_set1_ps(tile.d[t]));
+        *r = _mm256_mul_ps(_mm256_cvtepi32_ps(s[t]), _mm256_set1_ps(tile.d[t]));
     }
     r
 }
@@ -719,10 +691,11 @@ fn k_tiled_x8<const KIND: u8>(w: &[u8], a: &[BlockQ8Kx8], groups: usize, out: &m
             }
             for g in 0..groups {
                 let y = &a[g * nb + b];
+                // Q6_K's values and IQ1_S's weights are taken 32 and 128 above their value.
                 let r = match KIND {
                     TILED_Q4_K => q4k_block_8x8(&tile, y),
-                    TILED_Q6_K => q6k_block_8x8(&tile, y),
-                    _ => iq1s_block_8x8(&tile, y),
+                    TILED_Q6_K => scaled_by_d(&tile, tile_scaled_sums::<16, 5>(&tile, y, &y.sums16)),
+                    _ => scaled_by_d(&tile, tile_scaled_sums::<8, 7>(&tile, y, &y.sums)),
                 };
                 // SAFETY: reads the 8 floats of `d`; `loadu` has no alignment requirement.
                 let yd = unsafe { _mm256_loadu_ps(y.d.as_ptr()) };
