@@ -147,8 +147,8 @@ pub fn mem_bandwidth(budget: Duration) -> f64 {
     use rayon::prelude::*;
     let n: usize = 32 << 20; // u64s = 256 MiB
     let buf: Vec<u64> = (0..n as u64).collect();
-    // One contiguous share per thread: with small interleaved chunks the figure came out near
-    // twice what a plain streaming read measures on the same machine.
+    // One contiguous share per thread, as a streaming read does. (This VM's own bandwidth jumps
+    // between ~35 and ~65 GB/s from one minute to the next; a C streaming read sees the same.)
     let share = n.div_ceil(rayon::current_num_threads().max(1));
     let s = time_per_call(budget, || {
         let sum: u64 = buf.par_chunks(share).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).sum();
