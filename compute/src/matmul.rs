@@ -6,10 +6,13 @@
 //! activation rows of the batch, and each output element is computed by exactly one thread: the
 //! result does not depend on the thread count.
 
+use std::ops::Range;
+
 use gguf::GgmlType;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::ops;
 use crate::quant::activation::{
     interleave_q8_0x8, interleave_q8_1x8, interleave_q8kx8, BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1,
     BlockQ8_1x8,
@@ -136,19 +139,11 @@ impl QuantizedActs {
         self.run_of(t).1 >= TILED_GEMM_MIN_ROWS
     }
 
-    /// The rows in maximal ranges of one order: `(rows, tiled)`, in order.
-    fn order_ranges(&self) -> impl Iterator<Item = (std::ops::Range<usize>, bool)> + '_ {
-        let mut t0 = 0;
-        std::iter::from_fn(move || {
-            if t0 >= self.n_rows {
-                return None;
-            }
-            let tiled = self.tiled(t0);
-            let t1 = (t0..self.n_rows).find(|&t| self.tiled(t) != tiled).unwrap_or(self.n_rows);
-            let range = t0..t1;
-            t0 = t1;
-            Some((range, tiled))
-        })
+    /// The rows in maximal ranges of one order for weights of type `ty`: `(rows, tiled)`, in
+    /// order; one range when `ty` has a single order ([`has_tiled_order`]).
+    fn order_ranges(&self, ty: GgmlType) -> impl Iterator<Item = (Range<usize>, bool)> + '_ {
+        let two_orders = has_tiled_order(ty);
+        ops::runs_by(self.n_rows, move |t| two_orders && self.tiled(t))
     }
 
     /// Quantizes `x` (`n_rows` rows of `n_in`) to `kind` with kernels `k`; with `interleave`
@@ -212,6 +207,12 @@ impl QuantizedActs {
             }
         }
     }
+}
+
+/// Whether `ty` takes llama.cpp's tiled-GEMM order for a sequence's runs of
+/// [`TILED_GEMM_MIN_ROWS`]+ rows (and its vector-dot order otherwise).
+fn has_tiled_order(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::IQ1_S | GgmlType::Q4_K | GgmlType::Q6_K)
 }
 
 /// Whether `ty` has kernels over eight interleaved activation rows (Q4_0/IQ4_NL on Q8_0 rows,
@@ -304,71 +305,24 @@ pub(crate) fn compute_rows(
         rows = &rows[whole * rb..];
         chunk = &mut chunk[whole..];
     }
-    // Q4_0/IQ4_NL with interleaved groups of eight activation rows: the groups through the
-    // kernel that takes eight weight rows at a time, the remaining rows through the multi-row
-    // kernel.
-    let nb = acts.n_in / 32;
-    if matches!(w.ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) && !acts.q8_0x8.is_empty() && nb > 0 {
-        let (n_rows, groups) = (acts.n_rows, acts.q8_0x8.len() / nb);
-        let grouped = groups * 8;
-        scratch.resize(n_w * grouped, 0.0);
-        match w.ty {
-            GgmlType::Q4_0 => k.vec_dot_q4_0_q8_0x8(rows, &acts.q8_0x8, groups, scratch),
-            _ => k.vec_dot_iq4_nl_q8_0x8(rows, &acts.q8_0x8, groups, scratch),
-        }
-        let a = &acts.q8_0[grouped * nb..n_rows * nb];
-        for ((wr, o), lanes) in
-            rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)).zip(scratch.chunks_exact(grouped))
-        {
-            let (o8, rest) = o.split_at_mut(grouped);
-            o8.copy_from_slice(lanes);
-            match w.ty {
-                GgmlType::Q4_0 => k.vec_dot_q4_0_q8_0_rows(wr, a, rest),
-                _ => k.vec_dot_iq4_nl_q8_0_rows(wr, a, rest),
-            }
-        }
-        return;
-    }
-    // Q4_1 with interleaved groups of eight activation rows: the groups through the kernel with
-    // one lane per activation row, the remaining rows through the multi-row kernel.
-    if w.ty == GgmlType::Q4_1 && !acts.q8_1x8.is_empty() && nb > 0 {
-        let (n_rows, groups) = (acts.n_rows, acts.q8_1x8.len() / nb);
-        let grouped = groups * 8;
-        scratch.resize(n_w * grouped, 0.0);
-        k.vec_dot_q4_1_q8_1x8(rows, &acts.q8_1x8, groups, scratch);
-        let a = &acts.q8_1[grouped * nb..n_rows * nb];
-        for ((wr, o), lanes) in
-            rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)).zip(scratch.chunks_exact(grouped))
-        {
-            let (o8, rest) = o.split_at_mut(grouped);
-            o8.copy_from_slice(lanes);
-            k.vec_dot_q4_1_q8_1_rows(wr, a, rest);
-        }
-        return;
-    }
-    // Q4_K/Q6_K/IQ1_S with interleaved groups of eight activation rows (some rows in the tiled
-    // order): the groups through the kernel that takes eight weight rows at a time, its lanes
-    // kept for the rows in the tiled order; the other rows through the multi-row kernels.
-    let nbk = acts.n_in / 256;
-    if matches!(w.ty, GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::IQ1_S) && !acts.q8kx8.is_empty() && nbk > 0 {
-        let (n_rows, groups) = (acts.n_rows, acts.q8kx8.len() / nbk);
-        scratch.resize(n_w * groups * 8, 0.0);
-        match w.ty {
-            GgmlType::Q4_K => k.vec_dot_q4_k_q8_k_tiled_x8(rows, &acts.q8kx8, groups, scratch),
-            GgmlType::Q6_K => k.vec_dot_q6_k_q8_k_tiled_x8(rows, &acts.q8kx8, groups, scratch),
-            _ => k.vec_dot_iq1_s_q8_k_tiled_x8(rows, &acts.q8kx8, groups, scratch),
-        }
-        for (range, tiled) in acts.order_ranges() {
-            for (i, (wr, o)) in rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)).enumerate() {
-                if tiled {
-                    let lanes = &scratch[i * groups * 8..(i + 1) * groups * 8];
-                    o[range.clone()].copy_from_slice(&lanes[range.clone()]);
-                } else {
-                    let (a, o) = (&acts.q8k[range.start * nbk..range.end * nbk], &mut o[range.clone()]);
-                    match w.ty {
-                        GgmlType::Q4_K => k.vec_dot_q4_k_q8_k_rows(wr, a, o),
-                        GgmlType::Q6_K => k.vec_dot_q6_k_q8_k_rows(wr, a, o),
-                        _ => k.vec_dot_iq1_s_q8_k_rows(wr, a, o),
+    // Interleaved groups of eight activation rows (AVX-512 batches): the groups through the
+    // type's interleaved kernel, its lanes kept for the rows in the order it computes (every row
+    // of a type with one order, the tiled-order rows of the others); the other rows through the
+    // multi-row kernels.
+    if let Some(groups) = x8_products(k, w.ty, rows, n_w, acts, scratch) {
+        let (n_rows, lanes) = (acts.n_rows, 8 * groups);
+        for (range, tiled) in acts.order_ranges(w.ty) {
+            let split =
+                if tiled || !has_tiled_order(w.ty) { range.end.min(lanes).max(range.start) } else { range.start };
+            for ((wr, o), l) in
+                rows.chunks_exact(rb).zip(chunk.chunks_exact_mut(n_rows)).zip(scratch.chunks_exact(lanes))
+            {
+                o[range.start..split].copy_from_slice(&l[range.start..split]);
+                if split < range.end
+                    && !rows_kernel(k, w.ty, wr, acts, split..range.end, tiled, &mut o[split..range.end])
+                {
+                    for (t, v) in o.iter_mut().enumerate().take(range.end).skip(split) {
+                        *v = dot_row(k, w.ty, wr, acts, t, &mut Vec::new());
                     }
                 }
             }
@@ -391,41 +345,78 @@ fn dot_rows(k: Kernels, ty: GgmlType, w: &[u8], acts: &QuantizedActs, out: &mut 
     if acts.n_rows < 2 {
         return false;
     }
+    // Consecutive rows of the same order through one kernel call. Whether `ty` has a kernel does
+    // not depend on the rows, so either the first call fails or none does.
+    acts.order_ranges(ty).all(|(range, tiled)| rows_kernel(k, ty, w, acts, range.clone(), tiled, &mut out[range]))
+}
+
+/// `out[j]` = weight row `w` · activation row `rows.start + j`, in the tiled order or not
+/// (`tiled`, for the types that have both), through `ty`'s multi-row kernel; `false` when `ty`
+/// has none.
+fn rows_kernel(
+    k: Kernels,
+    ty: GgmlType,
+    w: &[u8],
+    acts: &QuantizedActs,
+    rows: Range<usize>,
+    tiled: bool,
+    out: &mut [f32],
+) -> bool {
     use GgmlType::*;
-    let n = acts.n_rows * acts.n_in;
-    match (acts.kind, ty) {
-        (Some(VecDotType::Q8_1), Q4_1) => k.vec_dot_q4_1_q8_1_rows(w, &acts.q8_1[..n / 32], out),
-        (Some(VecDotType::Q8_0), Q8_0) => k.vec_dot_q8_0_q8_0_rows(w, &acts.q8_0[..n / 32], out),
-        (Some(VecDotType::Q8_0), Q4_0) => k.vec_dot_q4_0_q8_0_rows(w, &acts.q8_0[..n / 32], out),
-        (Some(VecDotType::Q8_0), IQ4_NL) => k.vec_dot_iq4_nl_q8_0_rows(w, &acts.q8_0[..n / 32], out),
-        (Some(VecDotType::Q8K), IQ1_S) => {
-            // Consecutive rows of the same order through one kernel call.
-            let nb = acts.n_in / 256;
-            for (range, tiled) in acts.order_ranges() {
-                let (a, o) = (&acts.q8k[range.start * nb..range.end * nb], &mut out[range]);
-                if tiled {
-                    k.vec_dot_iq1_s_q8_k_tiled_rows(w, a, o);
-                } else {
-                    k.vec_dot_iq1_s_q8_k_rows(w, a, o);
-                }
-            }
+    let (n32, nk) = (acts.n_in / 32, acts.n_in / 256);
+    let q8_0 = || &acts.q8_0[rows.start * n32..rows.end * n32];
+    let q8k = || &acts.q8k[rows.start * nk..rows.end * nk];
+    match (acts.kind, ty, tiled) {
+        (Some(VecDotType::Q8_1), Q4_1, _) => {
+            k.vec_dot_q4_1_q8_1_rows(w, &acts.q8_1[rows.start * n32..rows.end * n32], out)
         }
-        (Some(VecDotType::Q8K), Q4_K | Q6_K) => {
-            let nb = acts.n_in / 256;
-            for (range, tiled) in acts.order_ranges() {
-                let (a, o) = (&acts.q8k[range.start * nb..range.end * nb], &mut out[range]);
-                match (ty, tiled) {
-                    (Q4_K, true) => k.vec_dot_q4_k_q8_k_tiled_rows(w, a, o),
-                    (Q4_K, false) => k.vec_dot_q4_k_q8_k_rows(w, a, o),
-                    (_, true) => k.vec_dot_q6_k_q8_k_tiled_rows(w, a, o),
-                    (_, false) => k.vec_dot_q6_k_q8_k_rows(w, a, o),
-                }
-            }
-        }
-        (Some(VecDotType::Q8K), Q5_K) => k.vec_dot_q5_k_q8_k_rows(w, &acts.q8k[..n / 256], out),
+        (Some(VecDotType::Q8_0), Q8_0, _) => k.vec_dot_q8_0_q8_0_rows(w, q8_0(), out),
+        (Some(VecDotType::Q8_0), Q4_0, _) => k.vec_dot_q4_0_q8_0_rows(w, q8_0(), out),
+        (Some(VecDotType::Q8_0), IQ4_NL, _) => k.vec_dot_iq4_nl_q8_0_rows(w, q8_0(), out),
+        (Some(VecDotType::Q8K), IQ1_S, true) => k.vec_dot_iq1_s_q8_k_tiled_rows(w, q8k(), out),
+        (Some(VecDotType::Q8K), IQ1_S, false) => k.vec_dot_iq1_s_q8_k_rows(w, q8k(), out),
+        (Some(VecDotType::Q8K), Q4_K, true) => k.vec_dot_q4_k_q8_k_tiled_rows(w, q8k(), out),
+        (Some(VecDotType::Q8K), Q4_K, false) => k.vec_dot_q4_k_q8_k_rows(w, q8k(), out),
+        (Some(VecDotType::Q8K), Q5_K, _) => k.vec_dot_q5_k_q8_k_rows(w, q8k(), out),
+        (Some(VecDotType::Q8K), Q6_K, true) => k.vec_dot_q6_k_q8_k_tiled_rows(w, q8k(), out),
+        (Some(VecDotType::Q8K), Q6_K, false) => k.vec_dot_q6_k_q8_k_rows(w, q8k(), out),
         _ => return false,
     }
     true
+}
+
+/// `ty`'s kernel over the interleaved groups of eight activation rows in `acts` (AVX-512
+/// batches), for the `n_w` weight rows `w`, into `out` (`out[(i·groups + g)·8 + r]`); the group
+/// count, or `None` when `acts` holds no groups for `ty`.
+fn x8_products(
+    k: Kernels,
+    ty: GgmlType,
+    w: &[u8],
+    n_w: usize,
+    acts: &QuantizedActs,
+    out: &mut Vec<f32>,
+) -> Option<usize> {
+    use GgmlType::*;
+    let (n32, nk) = (acts.n_in / 32, acts.n_in / 256);
+    let groups = match ty {
+        Q4_0 | IQ4_NL if n32 > 0 => acts.q8_0x8.len() / n32,
+        Q4_1 if n32 > 0 => acts.q8_1x8.len() / n32,
+        Q4_K | Q6_K | IQ1_S if nk > 0 => acts.q8kx8.len() / nk,
+        _ => 0,
+    };
+    if groups == 0 {
+        return None;
+    }
+    out.resize(n_w * groups * 8, 0.0);
+    match ty {
+        Q4_0 => k.vec_dot_q4_0_q8_0x8(w, &acts.q8_0x8, groups, out),
+        IQ4_NL => k.vec_dot_iq4_nl_q8_0x8(w, &acts.q8_0x8, groups, out),
+        Q4_1 => k.vec_dot_q4_1_q8_1x8(w, &acts.q8_1x8, groups, out),
+        Q4_K => k.vec_dot_q4_k_q8_k_tiled_x8(w, &acts.q8kx8, groups, out),
+        Q6_K => k.vec_dot_q6_k_q8_k_tiled_x8(w, &acts.q8kx8, groups, out),
+        _ => k.vec_dot_iq1_s_q8_k_tiled_x8(w, &acts.q8kx8, groups, out),
+    }
+    Some(groups)
 }
 
 /// `out[t][r] = Σ_k w[r][k] · x[t][k]` for every activation row `t` of `x` (`n_rows × w.n_in`).
@@ -504,25 +495,29 @@ mod tests {
     #[test]
     fn matmul_outputs_equal_single_dots() {
         // Goal: whatever path a product takes (four-row decode kernels, multi-row kernels,
-        // interleaved groups of eight activation rows, ragged weight-row chunks), every output
-        // has the bits of its single dot product; method: batches of 1..=17 rows × 37 weight rows.
+        // interleaved groups of eight activation rows, ragged weight-row chunks, sequence runs in
+        // both orders in one batch), every output has the bits of its single dot product (in its
+        // run's order); method: batches of 1..=17 rows, whole or split into runs, × 37 weight rows.
         use GgmlType::*;
         let k = Kernels::active();
         let (n_in, n_out) = (512, 37);
+        let batches: [&[usize]; 9] = [&[1], &[2], &[7], &[8], &[9], &[16], &[17], &[9, 3, 5], &[2, 8, 7]];
         for ty in [Q4_0, IQ4_NL, Q4_1, Q8_0, Q4_K, Q6_K, IQ1_S] {
             let w: Vec<u8> = (0..n_out).flat_map(|r| random_blocks_varied(ty, n_in, 31 * r as u64 + 7)).collect();
             let m = QMatrix::new("w", ty, n_in, n_out, &w).unwrap();
-            for n_rows in [1, 2, 7, 8, 9, 16, 17] {
+            for runs in batches {
+                let n_rows: usize = runs.iter().sum();
                 let x: Vec<f32> =
                     xorshift_bytes(n_rows * n_in, n_rows as u64).iter().map(|&b| (b as f32 - 128.0) / 29.0).collect();
                 let (mut acts, mut tmp) = (QuantizedActs::default(), Vec::new());
+                acts.set_runs(runs.iter().copied());
                 let mut out = vec![f32::NAN; n_rows * n_out];
                 matmul(&m, &x, &mut out, &mut acts, &mut tmp);
                 for r in 0..n_out {
                     for t in 0..n_rows {
                         let want = dot_row(k, ty, m.row(r), &acts, t, &mut Vec::new());
                         let got = out[t * n_out + r];
-                        assert_eq!(got.to_bits(), want.to_bits(), "{ty}, {n_rows} rows: weight row {r} × row {t}");
+                        assert_eq!(got.to_bits(), want.to_bits(), "{ty}, runs {runs:?}: weight row {r} × row {t}");
                     }
                 }
             }

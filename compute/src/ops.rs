@@ -2,6 +2,8 @@
 //! numerics where they affect the result (f64 sums in RMSNorm and softmax, f16 K/V and queries,
 //! RoPE angles built by repeated multiplication).
 
+use std::ops::Range;
+
 use half::f16;
 
 use crate::hparams::HParams;
@@ -210,19 +212,24 @@ pub fn attention_is_parallel(hp: &HParams, positions: &[usize]) -> bool {
     attention_work(hp, positions) >= PARALLEL_MIN_WORK
 }
 
-/// The lengths of the runs of consecutive rows of one sequence among `n` rows, in order: row
-/// `t` belongs to sequence `slots[t]` (`None`: all rows to one).
-pub fn sequence_runs(slots: Option<&[usize]>, n: usize) -> impl Iterator<Item = usize> + '_ {
-    let slot = move |t: usize| slots.map_or(0, |s| s[t]);
+/// The maximal runs of consecutive indices of `0..n` with equal `key`, in order: `(indices, key)`.
+pub fn runs_by<K: PartialEq>(n: usize, key: impl Fn(usize) -> K) -> impl Iterator<Item = (Range<usize>, K)> {
     let mut t0 = 0;
     std::iter::from_fn(move || {
         (t0 < n).then(|| {
-            let t1 = (t0 + 1..n).find(|&t| slot(t) != slot(t0)).unwrap_or(n);
-            let len = t1 - t0;
+            let k0 = key(t0);
+            let t1 = (t0 + 1..n).find(|&t| key(t) != k0).unwrap_or(n);
+            let run = t0..t1;
             t0 = t1;
-            len
+            (run, k0)
         })
     })
+}
+
+/// The lengths of the runs of consecutive rows of one sequence among `n` rows, in order: row
+/// `t` belongs to sequence `slots[t]` (`None`: all rows to one).
+pub fn sequence_runs(slots: Option<&[usize]>, n: usize) -> impl Iterator<Item = usize> + '_ {
+    runs_by(n, move |t| slots.map_or(0, |s| s[t])).map(|(run, _)| run.len())
 }
 
 /// [`attention`] for rows of several sequences: row `t` reads the cache `kvs[slots[t]]`
