@@ -274,24 +274,30 @@ pub fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut acc_min = [0.0f32; 8];
     for (blk, y) in w.chunks_exact(144).zip(a) {
-        let (head, qs) = blk.split_at(16);
-        let mut scale_bytes = [0u8; 12];
-        scale_bytes.copy_from_slice(&head[4..16]);
-        let (sc, m) = scales_mins_k4(&scale_bytes);
+        let (x, sc, m) = q4_k_values(blk);
         let mut lanes = [0i32; 8];
-        for j in 0..8 {
-            let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
-            let shift = 4 * (j % 2);
-            for e in 0..32 {
-                let x = ((q[e] >> shift) & 0x0F) as i32;
-                lanes[e / 4] += sc[j] as i32 * (x * y.qs[32 * j + e] as i32);
-            }
+        for (e, (&v, &q)) in x.iter().zip(&y.qs).enumerate() {
+            lanes[(e % 32) / 4] += sc[e / 32] as i32 * (v as i32 * q as i32);
         }
         let mins: [i32; 8] = std::array::from_fn(|j| m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32));
-        lanes_fma(&mut acc, y.d * f16_at(head, 0), &lanes);
-        lanes_fma(&mut acc_min, y.d * f16_at(head, 2), &mins);
+        lanes_fma(&mut acc, y.d * f16_at(blk, 0), &lanes);
+        lanes_fma(&mut acc_min, y.d * f16_at(blk, 2), &mins);
     }
     hsum8(&acc) - hsum8(&acc_min)
+}
+
+/// One Q4_K block's 256 values (0..16, element order) and its eight sub-block scales and mins.
+fn q4_k_values(blk: &[u8]) -> ([u8; 256], [u8; 8], [u8; 8]) {
+    let mut scale_bytes = [0u8; 12];
+    scale_bytes.copy_from_slice(&blk[4..16]);
+    let (sc, m) = scales_mins_k4(&scale_bytes);
+    // Sub-block 2p is the low nibbles of bytes 32p..32p + 32, sub-block 2p + 1 the high ones.
+    let qs = &blk[16..144];
+    let x = std::array::from_fn(|e| {
+        let (j, i) = (e / 32, e % 32);
+        (qs[(j / 2) * 32 + i] >> (4 * (j % 2))) & 0x0F
+    });
+    (x, sc, m)
 }
 
 /// Q5_K (176-byte blocks: f16 d, f16 dmin, 12 scale bytes, 32 high-bit bytes, 128 nibble bytes) · Q8_K.
@@ -367,6 +373,21 @@ pub fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     hsum8(&acc)
 }
 
+/// One IQ1_S block's 256 grid values (-1, 0 or 1, element order) and, per 32-element sub-block,
+/// its scale `2·s + 1` and delta sign (±1).
+fn iq1_s_values(blk: &[u8]) -> ([i8; 256], [i32; 8], [i32; 8]) {
+    let qs = &blk[2..34];
+    let qh = |ib: usize| u16::from_le_bytes([blk[34 + 2 * ib], blk[35 + 2 * ib]]) as usize;
+    let grid = std::array::from_fn(|e| {
+        let (ib, l, j) = (e / 32, (e % 32) / 8, e % 8);
+        let idx = qs[4 * ib + l] as usize | ((qh(ib) >> (3 * l)) & 7) << 8;
+        IQ1S_GRID[idx].to_le_bytes()[j] as i8
+    });
+    let ls = std::array::from_fn(|ib| 2 * ((qh(ib) >> 12) & 7) as i32 + 1);
+    let delta = std::array::from_fn(|ib| if qh(ib) & 0x8000 != 0 { -1 } else { 1 });
+    (grid, ls, delta)
+}
+
 /// IQ1_S (50-byte blocks: f16 d, 32 grid-index bytes, 8 u16 of high index bits/scale/sign) · Q8_K.
 ///
 /// Summed in the order of llama.cpp's AVX2 kernel: eight integer lanes of four consecutive
@@ -376,23 +397,13 @@ pub fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut acc1 = 0.0f32;
     for (blk, y) in w.chunks_exact(50).zip(a) {
-        let qs = &blk[2..34];
+        let (grid, ls, delta) = iq1_s_values(blk);
         let mut lanes = [0i32; 8];
-        let mut sumi1 = 0i32;
-        for ib in 0..8 {
-            let qh = u16::from_le_bytes([blk[34 + 2 * ib], blk[35 + 2 * ib]]) as u32;
-            let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
-            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
-            for l in 0..4 {
-                let idx = qs[4 * ib + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
-                let grid = IQ1S_GRID[idx].to_le_bytes();
-                let q8 = &y.qs[ib * 32 + l * 8..ib * 32 + l * 8 + 8];
-                for (j, (&g, &v)) in grid.iter().zip(q8).enumerate() {
-                    lanes[2 * l + j / 4] += ls * (g as i8 as i32 * v as i32);
-                }
-            }
-            sumi1 += ls * delta * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32);
+        for (e, (&g, &v)) in grid.iter().zip(&y.qs).enumerate() {
+            lanes[(e % 32) / 4] += ls[e / 32] * (g as i32 * v as i32);
         }
+        let sumi1: i32 =
+            (0..8).map(|ib| ls[ib] * delta[ib] * (y.bsums[2 * ib] as i32 + y.bsums[2 * ib + 1] as i32)).sum();
         let d = y.d * f16_at(blk, 0);
         lanes_fma(&mut acc, d, &lanes);
         acc1 = d.mul_add(sumi1 as f32, acc1);
@@ -409,22 +420,11 @@ pub fn vec_dot_iq1_s_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
 pub fn vec_dot_iq1_s_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc = 0.0f32;
     for (blk, y) in w.chunks_exact(50).zip(a) {
-        let qs = &blk[2..34];
+        let (grid, ls, delta) = iq1_s_values(blk);
         let mut s = 0i32;
         for ib in 0..8 {
-            let qh = u16::from_le_bytes([blk[34 + 2 * ib], blk[35 + 2 * ib]]) as u32;
-            let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
-            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
-            let mut sub = 0i32;
-            for l in 0..4 {
-                let idx = qs[4 * ib + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
-                let grid = IQ1S_GRID[idx].to_le_bytes();
-                let q8 = &y.qs[ib * 32 + l * 8..ib * 32 + l * 8 + 8];
-                for (&g, &v) in grid.iter().zip(q8) {
-                    sub += (8 * g as i8 as i32 + delta) * v as i32;
-                }
-            }
-            s += ls * sub;
+            let sub: i32 = (32 * ib..32 * ib + 32).map(|e| (8 * grid[e] as i32 + delta[ib]) * y.qs[e] as i32).sum();
+            s += ls[ib] * sub;
         }
         // d/8, exact: the 8 of the integer weights taken back out.
         let r = s as f32 * (f16_at(blk, 0) * 0.125);
@@ -447,19 +447,14 @@ pub fn vec_dot_iq1_s_q8_k_tiled_x8(w: &[u8], a: &[BlockQ8Kx8], groups: usize, ou
 pub fn vec_dot_q4_k_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc = 0.0f32;
     for (blk, y) in w.chunks_exact(144).zip(a) {
-        let (head, qs) = blk.split_at(16);
-        let mut scale_bytes = [0u8; 12];
-        scale_bytes.copy_from_slice(&head[4..16]);
-        let (sc, m) = scales_mins_k4(&scale_bytes);
+        let (x, sc, m) = q4_k_values(blk);
         let (mut s1, mut s2) = (0i32, 0i32);
         for j in 0..8 {
-            let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
-            let shift = 4 * (j % 2);
-            let dot: i32 = (0..32).map(|e| ((q[e] >> shift) & 0x0F) as i32 * y.qs[32 * j + e] as i32).sum();
+            let dot: i32 = (32 * j..32 * j + 32).map(|e| x[e] as i32 * y.qs[e] as i32).sum();
             s1 += sc[j] as i32 * dot;
             s2 += m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
         }
-        let r = (-f16_at(head, 2)).mul_add(s2 as f32, s1 as f32 * f16_at(head, 0));
+        let r = (-f16_at(blk, 2)).mul_add(s2 as f32, s1 as f32 * f16_at(blk, 0));
         acc = r.mul_add(y.d, acc);
     }
     acc
