@@ -334,7 +334,7 @@ impl Model {
     ) -> Result<()> {
         let slot = |t: usize| slots.map_or(0, |sl| sl[t]);
         let hp = &self.hp;
-        let (e, nq, nkv, ff) = (hp.n_embd, hp.n_embd_q(), hp.n_embd_kv(), hp.n_ff);
+        let (e, nq, nkv) = (hp.n_embd, hp.n_embd_q(), hp.n_embd_kv());
         let n_tok = positions.len();
         let neox = hp.arch == Arch::Qwen2;
 
@@ -408,50 +408,38 @@ impl Model {
 
         // Feed-forward block (SwiGLU). In the model's last layer llama.cpp runs it only on the
         // rows whose logits are wanted (`outputs`), each row as a run of its own.
-        if il + 1 == hp.n_layer {
-            if let Some(rows) = outputs {
-                return self.ffn_rows(il, lw, hidden, rows, s, team);
-            }
-            team.set_runs(std::iter::repeat_n(1, n_tok));
-        }
-        for (x, o) in hidden.chunks_exact(e).zip(s.xn.chunks_exact_mut(e)) {
-            ops::rms_norm(x, &lw.ffn_norm, hp.rms_eps, o);
-        }
-        s.gate.resize(n_tok * ff, 0.0);
-        s.up.resize(n_tok * ff, 0.0);
-        team.matmuls(&[self.matrix(&lw.gate), self.matrix(&lw.up)], &s.xn, &mut [&mut s.gate, &mut s.up]);
-        debug_sum(dbg, "ffn_norm", il, &s.xn);
-        debug_sum(dbg, "ffn_gate", il, &s.gate);
-        debug_sum(dbg, "ffn_up", il, &s.up);
-        ops::swiglu(&mut s.gate, &s.up);
-        debug_sum(dbg, "ffn_swiglu", il, &s.gate);
-        team.matmul(&self.matrix(&lw.down), &s.gate, &mut s.proj);
-        debug_sum(dbg, "ffn_out", il, &s.proj);
-        hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
+        let rows = if il + 1 == hp.n_layer {
+            team.set_runs(std::iter::repeat_n(1, outputs.map_or(n_tok, <[u32]>::len)));
+            outputs
+        } else {
+            None
+        };
+        self.ffn(il, lw, hidden, rows, s, team);
         debug_sum(dbg, "l_out", il, hidden);
         Ok(())
     }
 
-    /// The feed-forward block of layer `il` on the hidden rows `rows` only, each as a run of its
-    /// own (the last layer's, see [`Model::forward_batch_on`]).
-    fn ffn_rows<'m>(
+    /// The feed-forward block (SwiGLU) of layer `il` on the hidden rows `rows` (`None`: every
+    /// row), its output added into them.
+    fn ffn<'m>(
         &'m self,
         il: usize,
         lw: &LayerWeights,
         hidden: &mut [f32],
-        rows: &[u32],
+        rows: Option<&[u32]>,
         s: &mut Scratch,
         team: &mut Team<'m, '_>,
-    ) -> Result<()> {
+    ) {
         let hp = &self.hp;
-        let (e, ff, n) = (hp.n_embd, hp.n_ff, rows.len());
+        let (e, ff) = (hp.n_embd, hp.n_ff);
+        let n = rows.map_or(hidden.len() / e, <[u32]>::len);
+        let row = |j: usize| rows.map_or(j, |r| r[j] as usize);
         if n == 0 {
-            return Ok(());
+            return;
         }
-        team.set_runs(std::iter::repeat_n(1, n));
         s.xn.resize(n * e, 0.0);
-        for (&r, o) in rows.iter().zip(s.xn.chunks_exact_mut(e)) {
-            let r = r as usize;
+        for (j, o) in s.xn.chunks_exact_mut(e).enumerate() {
+            let r = row(j);
             ops::rms_norm(&hidden[r * e..(r + 1) * e], &lw.ffn_norm, hp.rms_eps, o);
         }
         s.gate.resize(n * ff, 0.0);
@@ -459,15 +447,17 @@ impl Model {
         team.matmuls(&[self.matrix(&lw.gate), self.matrix(&lw.up)], &s.xn, &mut [&mut s.gate, &mut s.up]);
         let dbg = self.debug_sums;
         debug_sum(dbg, "ffn_norm", il, &s.xn);
+        debug_sum(dbg, "ffn_gate", il, &s.gate);
+        debug_sum(dbg, "ffn_up", il, &s.up);
         ops::swiglu(&mut s.gate, &s.up);
+        debug_sum(dbg, "ffn_swiglu", il, &s.gate);
         s.proj.resize(n * e, 0.0);
         team.matmul(&self.matrix(&lw.down), &s.gate, &mut s.proj);
         debug_sum(dbg, "ffn_out", il, &s.proj);
-        for (&r, p) in rows.iter().zip(s.proj.chunks_exact(e)) {
-            let r = r as usize;
+        for (j, p) in s.proj.chunks_exact(e).enumerate() {
+            let r = row(j);
             hidden[r * e..(r + 1) * e].iter_mut().zip(p).for_each(|(h, p)| *h += p);
         }
-        Ok(())
     }
 
     /// Final norm and output head for one hidden row: the logits over the vocabulary.
