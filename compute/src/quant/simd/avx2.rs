@@ -507,16 +507,16 @@ fn prefetch_weights(blk: &[u8]) {
 
 /// One Q4_K super-block unpacked: sub-block `j`'s 32 values, its scale in every i16 lane, the
 /// eight mins as i16 pairs (lane `i` pairs with the activations' `bsums[i]`), and `d`, `dmin`.
-pub(super) struct Q4kBlock {
-    pub(super) x: [__m256i; 8],
-    pub(super) sc: [__m256i; 8],
-    pub(super) mins: __m256i,
-    pub(super) dm: __m128,
+struct Q4kBlock {
+    x: [__m256i; 8],
+    sc: [__m256i; 8],
+    mins: __m256i,
+    dm: __m128,
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4k_unpack(blk: &[u8; 144]) -> Q4kBlock {
+fn q4k_unpack(blk: &[u8; 144]) -> Q4kBlock {
     let (sc, m) = scales_mins_k4(sub(blk, 4));
     let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(sc))));
     let m8 = _mm_cvtsi64_si128(i64::from_le_bytes(m));
@@ -586,16 +586,17 @@ pub unsafe fn vec_dot_q5_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
 /// One Q6_K super-block unpacked: run `i`'s 32 values (unsigned, 0..64), the scales of its two
 /// 16-element groups as i16 (the first in the low eight lanes), all sixteen scales as i16 (for
 /// the offset), and `d`.
-pub(super) struct Q6kBlock {
-    pub(super) x: [__m256i; 8],
+struct Q6kBlock {
+    x: [__m256i; 8],
     sc: [__m256i; 8],
     sc16: __m256i,
-    pub(super) d: f32,
+    d: f32,
 }
 
+/// One Q6_K block's values, unsigned (0..64): run `i` (elements `32i..32i + 32`) in `x[i]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6k_unpack(blk: &[u8; 210]) -> Q6kBlock {
+pub(super) fn q6k_values(blk: &[u8; 210]) -> [__m256i; 8] {
     let low = _mm256_set1_epi8(0x0F);
     let mask = |m: i8| _mm256_set1_epi8(m);
     let mut x = [_mm256_setzero_si256(); 8];
@@ -616,6 +617,13 @@ pub(super) fn q6k_unpack(blk: &[u8; 210]) -> Q6kBlock {
         x[4 * half + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), hi[2]);
         x[4 * half + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), hi[3]);
     }
+    x
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6k_unpack(blk: &[u8; 210]) -> Q6kBlock {
+    let x = q6k_values(blk);
     let sc16 = _mm256_cvtepi8_epi16(load16(sub(blk, 192)));
     // Scales 0..8 (runs 0..4) and 8..16 (runs 4..8) in both 128-bit halves, so one in-lane
     // shuffle per run picks scale 2i for the low half and 2i + 1 for the high half.

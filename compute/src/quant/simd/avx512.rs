@@ -13,7 +13,7 @@ use half::f16;
 use super::avx2::{
     f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, in_row_groups,
     iq1_s_sub_block, iq4_nl_values, lane, load16_i16, load32, load32_i8, nibble_blocks_dot_x4, nibbles, q4_0_values,
-    q4_k_rows, q5_k_rows, q6_k_rows, q6k_unpack, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
+    q4_k_rows, q5_k_rows, q6_k_rows, q6k_values, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, BlockQ8_1x8};
 use crate::quant::dot::scales_mins_k4;
@@ -562,16 +562,16 @@ fn iq1s_into_tile(blk: &[u8], tile: &mut KTile, t: usize) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn q6k_into_tile(blk: &[u8], tile: &mut KTile, t: usize) {
-    let x = q6k_unpack(sub(blk, 0));
     let q = &mut tile.q[t];
-    for (i, v) in x.x.iter().enumerate() {
+    for (i, v) in q6k_values(sub(blk, 0)).iter().enumerate() {
         // SAFETY: writes bytes 32i..32i + 32 of the 256 of `q`; `storeu` has no alignment requirement.
         unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(32 * i).cast(), *v) };
     }
     for j in 0..16 {
         tile.sc[t][j] = blk[192 + j] as i8 as i32;
     }
-    tile.d[t] = x.d;
+    // The scale is the block's last two bytes (`f16_at` reads 8).
+    tile.d[t] = lane::<3>(f16x4(blk, 202));
 }
 
 /// The four bytes of row `t` of `tile` at `at`, in every lane.
