@@ -142,7 +142,7 @@ fn matvec_gflops(ty: GgmlType, budget: Duration) -> Option<f64> {
 }
 
 /// Parallel sum over a 256 MiB buffer on the current rayon pool: bytes read per second (GB/s),
-/// the best of repeated passes within `budget`.
+/// the median of repeated passes within `budget`.
 pub fn mem_bandwidth(budget: Duration) -> f64 {
     use rayon::prelude::*;
     let n: usize = 32 << 20; // u64s = 256 MiB
