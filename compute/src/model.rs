@@ -385,20 +385,15 @@ impl Model {
         if dbg {
             let n = positions.iter().max().map_or(0, |p| p + 1);
             let kv = &kvs[slot(0)];
-            let kf: Vec<f32> = kv.keys(li, n).iter().map(|v| v.to_f32()).collect();
-            let vf: Vec<f32> = kv.values(li, n).iter().map(|v| v.to_f32()).collect();
+            let layer = kv.read(li);
+            let kf: Vec<f32> = layer.keys(n).iter().map(|v| v.to_f32()).collect();
+            let vf: Vec<f32> = layer.values(n).iter().map(|v| v.to_f32()).collect();
             debug_sum(dbg, "cache_k", il, &kf);
             debug_sum(dbg, "cache_v", il, &vf);
         }
         s.attn.resize(n_tok * nq, 0.0);
-        // Attention per sequence over its own cache; long ones on every thread of the team
-        // (its helpers park meanwhile, and the next product wakes them).
-        let threads = team.threads();
-        if threads > 1 && ops::attention_is_parallel(hp, positions) {
-            team.rest();
-        }
-        s.att_scratch.resize_with(threads, Default::default);
-        ops::attention_batch(hp, kvs, slots, li, &s.q, positions, &mut s.attn, &mut s.att_scratch);
+        // Attention per sequence over its own cache, its (row, head) items shared out on the team.
+        team.attention(hp, kvs, slots, li, &s.q, positions, &mut s.attn, &mut s.att_scratch);
         s.proj.resize(n_tok * e, 0.0);
         debug_sum(dbg, "kqv_out", il, &s.attn);
         team.matmul(&self.matrix(&lw.wo), &s.attn, &mut s.proj);
@@ -526,6 +521,6 @@ pub struct Scratch {
     up: Vec<f32>,
     rope: Vec<f32>,
     /// One per thread of the team.
-    att_scratch: Vec<ops::AttnScratch>,
+    att_scratch: ops::AttnScratch,
     team: TeamBuffers,
 }

@@ -3,11 +3,12 @@
 //! RoPE angles built by repeated multiplication).
 
 use std::ops::Range;
+use std::sync::RwLock;
 
 use half::f16;
 
 use crate::hparams::HParams;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{read_layer, KvCache, LayerKv, SharedLayerKv};
 use crate::quant::simd::Kernels;
 
 /// `out = x / sqrt(mean(x²) + eps) * w` (ggml `rms_norm` then `mul`; squares in f32, summed in f64).
@@ -178,10 +179,6 @@ pub struct AttnScratch {
 /// queries, f16 output accumulator) to the tiled kernel (f32 throughout).
 const TILED_MIN_ROWS: usize = 64;
 
-/// Key × head products below which attention stays on one thread (starting a second costs
-/// about as much as this many products).
-const PARALLEL_MIN_WORK: usize = 8192;
-
 /// Causal multi-head attention with grouped KV heads over the cache of layer `li`.
 /// `q` is `positions.len() × n_head·head_dim`; `out` has the same shape. Token `t` attends to
 /// cache positions `0..=positions[t]`.
@@ -199,17 +196,12 @@ pub fn attention(
     out: &mut [f32],
     s: &mut AttnScratch,
 ) {
-    attention_batch(hp, std::slice::from_ref(kv), None, li, q, positions, out, std::slice::from_mut(s));
+    attention_batch(hp, std::slice::from_ref(kv), None, li, q, positions, out, s);
 }
 
 /// Key × head products of attention over `positions`.
-fn attention_work(hp: &HParams, positions: &[usize]) -> usize {
+pub fn attention_work(hp: &HParams, positions: &[usize]) -> usize {
     positions.iter().map(|p| p + 1).sum::<usize>() * hp.n_head
-}
-
-/// Whether [`attention_batch`] splits this attention over threads (given more than one).
-pub fn attention_is_parallel(hp: &HParams, positions: &[usize]) -> bool {
-    attention_work(hp, positions) >= PARALLEL_MIN_WORK
 }
 
 /// The maximal runs of consecutive indices of `0..n` with equal `key`, in order: `(indices, key)`.
@@ -232,11 +224,20 @@ pub fn sequence_runs(slots: Option<&[usize]>, n: usize) -> impl Iterator<Item = 
     runs_by(n, move |t| slots.map_or(0, |s| s[t])).map(|(run, _)| run.len())
 }
 
-/// [`attention`] for rows of several sequences: row `t` reads the cache `kvs[slots[t]]`
-/// (`None`: `kvs[0]`), and the rows of one sequence are consecutive, each run choosing its
-/// kernel by its own length, as if its sequence ran alone. The (row, head) pairs are split over
-/// `scratch.len()` threads (the caller and scoped helpers) when there is enough work; every pair
-/// is computed exactly as on one thread.
+/// Per query row, into `tiled`: whether its sequence's run of rows is long enough for the tiled
+/// kernel (each run chooses as if its sequence ran alone).
+fn tiled_rows(slots: Option<&[usize]>, n_tok: usize, tiled: &mut Vec<bool>) {
+    tiled.clear();
+    for n in sequence_runs(slots, n_tok) {
+        tiled.extend(std::iter::repeat_n(n >= TILED_MIN_ROWS, n));
+    }
+}
+
+/// [`attention`] for rows of several sequences, on the calling thread: row `t` reads the cache
+/// `kvs[slots[t]]` (`None`: `kvs[0]`), and the rows of one sequence are consecutive, each run
+/// choosing its kernel by its own length, as if its sequence ran alone. A compute team splits
+/// the same work over its threads with [`AttnInput`]; every (row, head) item has the same bits
+/// either way.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_batch(
     hp: &HParams,
@@ -246,62 +247,113 @@ pub fn attention_batch(
     q: &[f32],
     positions: &[usize],
     out: &mut [f32],
-    scratch: &mut [AttnScratch],
+    s: &mut AttnScratch,
 ) {
-    let Some((first, rest)) = scratch.split_first_mut() else { return };
-    let n_tok = positions.len();
-    // Each run of rows of one sequence takes the tiled kernel when it is long enough.
-    let mut tiled = std::mem::take(&mut first.tiled);
-    tiled.clear();
-    for n in sequence_runs(slots, n_tok) {
-        tiled.extend(std::iter::repeat_n(n >= TILED_MIN_ROWS, n));
+    let mut tiled = std::mem::take(&mut s.tiled);
+    tiled_rows(slots, positions.len(), &mut tiled);
+    let ctx = ItemCtx { shape: AttnShape::of(hp), caches: Caches::Owned(kvs), slots, li, q, positions, tiled: &tiled };
+    attention_items(&ctx, 0..positions.len() * hp.n_head, out, s);
+    s.tiled = tiled;
+}
+
+/// The shape numbers attention needs.
+#[derive(Clone, Copy, Default)]
+struct AttnShape {
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+}
+
+impl AttnShape {
+    fn of(hp: &HParams) -> AttnShape {
+        AttnShape { n_head: hp.n_head, n_head_kv: hp.n_head_kv, head_dim: hp.head_dim }
     }
-    let (n_head, hd) = (hp.n_head, hp.head_dim);
-    let n_items = n_tok * n_head;
-    let threads = if attention_is_parallel(hp, positions) { rest.len() + 1 } else { 1 };
-    let ctx = ItemCtx { hp, kvs, slots, li, q, positions, tiled: &tiled };
-    if threads <= 1 || n_items < 2 {
-        attention_items(&ctx, 0..n_items, out, first);
-    } else {
-        // Contiguous ranges of (row, head) items of about equal work (a row's work grows with
-        // its position); their outputs are contiguous too.
-        let total = attention_work(hp, positions);
-        let mut bounds = vec![0];
-        let mut acc = 0;
-        for i in 0..n_items {
-            acc += positions[i / n_head] + 1;
-            if acc * threads >= total * bounds.len() && bounds.len() < threads {
-                bounds.push(i + 1);
-            }
+}
+
+/// Where attention reads the caches: the sequences' caches (layer `li` of each), or handles on
+/// the one layer of each.
+#[derive(Clone, Copy)]
+enum Caches<'a> {
+    Owned(&'a [KvCache]),
+    Shared(&'a [SharedLayerKv]),
+}
+
+impl<'a> Caches<'a> {
+    fn layer(self, slot: usize, li: usize) -> &'a RwLock<LayerKv> {
+        match self {
+            Caches::Owned(kvs) => kvs[slot].layer(li),
+            Caches::Shared(layers) => &layers[slot],
         }
-        bounds.push(n_items);
-        bounds.dedup();
-        std::thread::scope(|sc| {
-            let mut out = &mut *out;
-            let mut parts = Vec::new();
-            for w in bounds.windows(2) {
-                let (a, b) = out.split_at_mut((w[1] - w[0]) * hd);
-                parts.push((w[0]..w[1], a));
-                out = b;
-            }
-            let mut parts = parts.into_iter();
-            let mine = parts.next();
-            for ((items, o), s) in parts.zip(rest.iter_mut()) {
-                let ctx = &ctx;
-                sc.spawn(move || attention_items(ctx, items, o, s));
-            }
-            if let Some((items, o)) = mine {
-                attention_items(&ctx, items, o, first);
-            }
-        });
     }
-    first.tiled = tiled;
+}
+
+/// One attention's inputs, held by a compute team so that its helper threads can take (row,
+/// head) items of it: the queries and positions copied, the caches as shared handles on their
+/// layer. Its buffers are reused from call to call.
+#[derive(Default)]
+pub struct AttnInput {
+    shape: AttnShape,
+    q: Vec<f32>,
+    positions: Vec<usize>,
+    /// Empty: every row reads `layers[0]`.
+    slots: Vec<usize>,
+    tiled: Vec<bool>,
+    layers: Vec<SharedLayerKv>,
+}
+
+impl AttnInput {
+    /// Takes the inputs of [`attention_batch`].
+    pub fn set(
+        &mut self,
+        hp: &HParams,
+        kvs: &[KvCache],
+        slots: Option<&[usize]>,
+        li: usize,
+        q: &[f32],
+        positions: &[usize],
+    ) {
+        self.shape = AttnShape::of(hp);
+        self.q.clear();
+        self.q.extend_from_slice(q);
+        self.positions.clear();
+        self.positions.extend_from_slice(positions);
+        self.slots.clear();
+        self.slots.extend_from_slice(slots.unwrap_or_default());
+        tiled_rows(slots, positions.len(), &mut self.tiled);
+        self.layers.clear();
+        self.layers.extend(kvs.iter().map(|kv| kv.layer(li).clone()));
+    }
+
+    /// Number of (row, head) items.
+    pub fn n_items(&self) -> usize {
+        self.positions.len() * self.shape.n_head
+    }
+
+    /// Output values per item.
+    pub fn head_dim(&self) -> usize {
+        self.shape.head_dim
+    }
+
+    /// Items `items` (item `i` is row `i / n_head`, head `i % n_head`) into `out`, which holds
+    /// exactly those items' outputs, as [`attention_batch`] computes them.
+    pub fn compute(&self, items: Range<usize>, out: &mut [f32], s: &mut AttnScratch) {
+        let ctx = ItemCtx {
+            shape: self.shape,
+            caches: Caches::Shared(&self.layers),
+            slots: (!self.slots.is_empty()).then_some(self.slots.as_slice()),
+            li: 0,
+            q: &self.q,
+            positions: &self.positions,
+            tiled: &self.tiled,
+        };
+        attention_items(&ctx, items, out, s);
+    }
 }
 
 /// What every attention item reads.
 struct ItemCtx<'a> {
-    hp: &'a HParams,
-    kvs: &'a [KvCache],
+    shape: AttnShape,
+    caches: Caches<'a>,
     slots: Option<&'a [usize]>,
     li: usize,
     q: &'a [f32],
@@ -311,22 +363,21 @@ struct ItemCtx<'a> {
 
 /// Attention of items `items` (item `i` is row `i / n_head`, head `i % n_head`) into `out`,
 /// which holds exactly those items' outputs.
-fn attention_items(c: &ItemCtx<'_>, items: std::ops::Range<usize>, out: &mut [f32], s: &mut AttnScratch) {
-    let hp = c.hp;
-    let hd = hp.head_dim;
-    let nq = hp.n_embd_q();
-    let nkv = hp.n_embd_kv();
-    let group = hp.n_head / hp.n_head_kv;
+fn attention_items(c: &ItemCtx<'_>, items: Range<usize>, out: &mut [f32], s: &mut AttnScratch) {
+    let AttnShape { n_head, n_head_kv, head_dim: hd } = c.shape;
+    let nq = n_head * hd;
+    let nkv = n_head_kv * hd;
+    let group = n_head / n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
     let k = Kernels::active();
     let first = items.start;
     for i in items {
-        let (t, h) = (i / hp.n_head, i % hp.n_head);
+        let (t, h) = (i / n_head, i % n_head);
         let tiled = c.tiled[t];
-        let kv = &c.kvs[c.slots.map_or(0, |sl| sl[t])];
+        let kv = read_layer(c.caches.layer(c.slots.map_or(0, |sl| sl[t]), c.li));
         let len = c.positions[t] + 1;
-        let keys = kv.keys(c.li, len);
-        let values = kv.values(c.li, len);
+        let keys = kv.keys(len);
+        let values = kv.values(len);
         let kvh = h / group;
         let head = |j: usize| j * nkv + kvh * hd..j * nkv + (kvh + 1) * hd;
         let qh = &c.q[t * nq + h * hd..t * nq + (h + 1) * hd];
@@ -386,7 +437,7 @@ mod tests {
     use crate::hparams::Arch;
 
     #[test]
-    fn attention_split_over_threads_gives_the_same_bits() {
+    fn attention_items_in_pieces_give_the_same_bits() {
         let hp = HParams {
             arch: Arch::Llama,
             n_layer: 1,
@@ -401,7 +452,7 @@ mod tests {
             rms_eps: 1e-5,
             n_ctx_train: 4096,
         };
-        let (nq, nkv) = (hp.n_embd_q(), hp.n_embd_kv());
+        let (nq, nkv, hd) = (hp.n_embd_q(), hp.n_embd_kv(), hp.head_dim);
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         let mut rnd = move || {
             seed ^= seed << 13;
@@ -410,33 +461,39 @@ mod tests {
             (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
         // Three sequences: a long prefill run (tiled kernel) and two decode rows far into
-        // their caches (per-row kernel).
-        let mut kvs: Vec<KvCache> = (0..3).map(|_| KvCache::new(1, 1024, nkv)).collect();
+        // their caches (per-row kernel); layer 1 of two.
+        let mut kvs: Vec<KvCache> = (0..3).map(|_| KvCache::new(2, 1024, nkv)).collect();
         for kv in &mut kvs {
-            for p in 0..1024 {
+            for (li, p) in (0..2).flat_map(|li| (0..1024).map(move |p| (li, p))) {
                 let k: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
                 let v: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
-                kv.store(0, p, &k, &v);
+                kv.store(li, p, &k, &v);
             }
         }
         let mut positions: Vec<usize> = (100..180).collect();
         let mut slots = vec![0; 80];
         positions.extend([900, 700]);
         slots.extend([1, 2]);
-        assert!(attention_is_parallel(&hp, &positions));
         let q: Vec<f32> = (0..positions.len() * nq).map(|_| rnd()).collect();
-        let run = |threads: usize| {
-            let mut out = vec![0.0; q.len()];
-            let mut s: Vec<AttnScratch> = (0..threads).map(|_| AttnScratch::default()).collect();
-            attention_batch(&hp, &kvs, Some(&slots), 0, &q, &positions, &mut out, &mut s);
-            out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-        };
-        let one = run(1);
-        assert_eq!(run(2), one);
-        assert_eq!(run(3), one);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let mut out = vec![0.0; q.len()];
+        attention_batch(&hp, &kvs, Some(&slots), 1, &q, &positions, &mut out, &mut AttnScratch::default());
+        let one = bits(&out);
+        // Items taken in pieces from the team's copy of the inputs, in any order, with scratch
+        // left over from other items.
+        let mut input = AttnInput::default();
+        input.set(&hp, &kvs, Some(&slots), 1, &q, &positions);
+        let n = input.n_items();
+        assert_eq!(n, positions.len() * hp.n_head);
+        let mut pieces = vec![f32::NAN; q.len()];
+        let mut s = AttnScratch::default();
+        for piece in [0..1, 640..n, 1..7, 7..640] {
+            input.compute(piece.clone(), &mut pieces[piece.start * hd..piece.end * hd], &mut s);
+        }
+        assert_eq!(bits(&pieces), one);
         // And the single-sequence entry point agrees with the batch one on its rows.
         let mut alone = vec![0.0; 80 * nq];
-        attention(&hp, &kvs[0], 0, &q[..80 * nq], &positions[..80], &mut alone, &mut AttnScratch::default());
-        assert_eq!(alone.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one[..80 * nq]);
+        attention(&hp, &kvs[0], 1, &q[..80 * nq], &positions[..80], &mut alone, &mut AttnScratch::default());
+        assert_eq!(bits(&alone), one[..80 * nq]);
     }
 }

@@ -13,6 +13,11 @@
 //! out takes half of what is left of another's home, from the back, as one run, so a preempted
 //! thread (another process, parallel tests) costs at most one chunk of waiting.
 //!
+//! Attention runs on the team too ([`Team::attention`]): its (row, head) items are claimed one
+//! at a time by whichever thread is free, from a copy of the queries and shared handles on the
+//! caches' layer, so the serial stretch between a step's products shrinks instead of leaving
+//! the helpers spinning.
+//!
 //! Every output value is computed by exactly one thread with the same kernel: results do not
 //! depend on the team size or on which thread took which chunk.
 
@@ -21,16 +26,21 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use crate::hparams::HParams;
+use crate::kv_cache::KvCache;
 use crate::matmul::{
     compute_rows, takes_interleaved_rows, transpose_rows, vec_dot_type, QMatrix, QuantizedActs, ROWS_PER_TASK,
 };
+use crate::ops::{self, AttnInput, AttnScratch};
 use crate::quant::simd::Kernels;
 
 /// Buffers a team works in, kept between forward calls so decoding does not allocate.
 #[derive(Default)]
 pub struct TeamBuffers {
     acts: RwLock<QuantizedActs>,
+    attn: RwLock<AttnInput>,
     helper_out: Vec<Mutex<HelperOut>>,
+    helper_attn: Vec<Mutex<AttnScratch>>,
     /// Per helper: its thread, once started, and whether it is parked (or about to park).
     helper_threads: Vec<Mutex<Option<Thread>>>,
     helper_parked: Vec<AtomicBool>,
@@ -38,9 +48,12 @@ pub struct TeamBuffers {
     own: Vec<f32>,
     /// The last product's progress, reused when no helper still holds it.
     spare: Option<Arc<Progress>>,
+    /// The same for attention.
+    attn_spare: Option<Arc<AttnProgress>>,
 }
 
-/// What one helper computed for product `epoch`: chunks `(first row, rows)` and their values.
+/// What one helper computed for task `epoch`: chunks `(first row, rows)` of a product, or
+/// `(first item, items)` of an attention, and their values.
 #[derive(Default)]
 struct HelperOut {
     epoch: usize,
@@ -88,6 +101,30 @@ struct Progress {
     rows_done: AtomicUsize,
 }
 
+/// Who has claimed and finished which items of one attention, as [`Progress`] for a product.
+/// Items are claimed one at a time: there are few (rows × heads) and their work varies.
+struct AttnProgress {
+    epoch: usize,
+    n_items: usize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl AttnProgress {
+    /// The next unclaimed item, if any.
+    fn claim(&self) -> Option<usize> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (i < self.n_items).then_some(i)
+    }
+}
+
+/// What the helpers are asked to do: the current epoch's task.
+#[derive(Clone)]
+enum Task<'m> {
+    Product(Job<'m>),
+    Attention(Arc<AttnProgress>),
+}
+
 /// One thread's home, alone on its cache lines (128 bytes: the adjacent-line prefetcher pairs
 /// 64-byte lines).
 #[repr(align(128))]
@@ -96,12 +133,11 @@ struct Home(AtomicU64);
 struct Shared<'m, 'b> {
     epoch: AtomicUsize,
     stop: AtomicBool,
-    /// The caller works alone for a while (with threads of its own): helpers park at once
-    /// instead of spinning for the next product.
-    resting: AtomicBool,
-    job: Mutex<Option<Job<'m>>>,
+    job: Mutex<Option<Task<'m>>>,
     acts: &'b RwLock<QuantizedActs>,
+    attn: &'b RwLock<AttnInput>,
     helper_out: &'b [Mutex<HelperOut>],
+    helper_attn: &'b [Mutex<AttnScratch>],
     helper_threads: &'b [Mutex<Option<Thread>>],
     helper_parked: &'b [AtomicBool],
     caller: Thread,
@@ -113,6 +149,7 @@ pub struct Team<'m, 'b> {
     shared: &'b Shared<'m, 'b>,
     own: &'b mut Vec<f32>,
     spare: &'b mut Option<Arc<Progress>>,
+    attn_spare: &'b mut Option<Arc<AttnProgress>>,
 }
 
 /// A poisoned lock only means another team thread panicked; the scope re-raises that panic.
@@ -124,6 +161,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub fn with_team<'m, R>(n_threads: usize, bufs: &mut TeamBuffers, f: impl FnOnce(&mut Team<'m, '_>) -> R) -> R {
     let n_helpers = n_threads.max(1) - 1;
     bufs.helper_out.resize_with(n_helpers, Default::default);
+    bufs.helper_attn.resize_with(n_helpers, Default::default);
     // Epochs restart with every team; results left from an earlier team must not match one.
     for o in &mut bufs.helper_out {
         o.get_mut().unwrap_or_else(PoisonError::into_inner).epoch = 0;
@@ -137,10 +175,11 @@ pub fn with_team<'m, R>(n_threads: usize, bufs: &mut TeamBuffers, f: impl FnOnce
     let shared = Shared {
         epoch: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
-        resting: AtomicBool::new(false),
         job: Mutex::new(None),
         acts: &bufs.acts,
+        attn: &bufs.attn,
         helper_out: &bufs.helper_out,
+        helper_attn: &bufs.helper_attn,
         helper_threads: &bufs.helper_threads,
         helper_parked: &bufs.helper_parked,
         caller: std::thread::current(),
@@ -160,13 +199,16 @@ pub fn with_team<'m, R>(n_threads: usize, bufs: &mut TeamBuffers, f: impl FnOnce
             s.spawn(move || helper(shared, h));
         }
         let _stop = Stop(&shared);
-        f(&mut Team { shared: &shared, own: &mut bufs.own, spare: &mut bufs.spare })
+        f(&mut Team { shared: &shared, own: &mut bufs.own, spare: &mut bufs.spare, attn_spare: &mut bufs.attn_spare })
     })
 }
 
 /// How long an idle helper spins for the next product before it parks: longer than the serial
 /// work between two products of a step, short enough not to starve other processes.
 const HELPER_SPIN: Duration = Duration::from_micros(200);
+/// Key × head products of an attention below which the caller computes it alone (the hand-off
+/// costs about as much as this many products).
+const TEAM_ATTENTION_MIN_WORK: usize = 256;
 /// How long the caller spins for the helpers' last chunks before it parks.
 const CALLER_SPIN: Duration = Duration::from_micros(50);
 
@@ -186,11 +228,10 @@ fn spin_until(max: Duration, ready: impl Fn() -> bool) -> bool {
     }
 }
 
-/// Waits until `ready()`: spins for `max` (or until `stop_spinning()`), then parks, announcing
-/// it in `parked` first. The waker sets the condition, then checks `parked` (both `SeqCst`), so
-/// no wake-up is lost.
-fn wait_until(max: Duration, parked: &AtomicBool, ready: impl Fn() -> bool, stop_spinning: impl Fn() -> bool) {
-    if spin_until(max, || ready() || stop_spinning()) && ready() {
+/// Waits until `ready()`: spins for `max`, then parks, announcing it in `parked` first. The
+/// waker sets the condition, then checks `parked` (both `SeqCst`), so no wake-up is lost.
+fn wait_until(max: Duration, parked: &AtomicBool, ready: impl Fn() -> bool) {
+    if spin_until(max, &ready) {
         return;
     }
     loop {
@@ -208,17 +249,19 @@ fn helper(s: &Shared<'_, '_>, h: usize) {
     *lock(&s.helper_threads[h]) = Some(std::thread::current());
     let mut seen = 0;
     loop {
-        wait_until(
-            HELPER_SPIN,
-            &s.helper_parked[h],
-            || s.epoch.load(Ordering::SeqCst) != seen,
-            || s.resting.load(Ordering::Relaxed),
-        );
+        wait_until(HELPER_SPIN, &s.helper_parked[h], || s.epoch.load(Ordering::SeqCst) != seen);
         seen = s.epoch.load(Ordering::Acquire);
         if s.stop.load(Ordering::Acquire) {
             return;
         }
-        let Some(job) = lock(&s.job).clone() else { continue };
+        let job = match lock(&s.job).clone() {
+            Some(Task::Product(job)) => job,
+            Some(Task::Attention(p)) => {
+                attention_share(s, &p, h);
+                continue;
+            }
+            None => continue,
+        };
         let mut out: Option<MutexGuard<'_, HelperOut>> = None;
         work(s, &job.progress, h + 1, |r0, n, acts| {
             let o = out.get_or_insert_with(|| {
@@ -234,6 +277,43 @@ fn helper(s: &Shared<'_, '_>, h: usize) {
             let mut scratch = Vec::new();
             job.compute(acts, r0, n, &mut o.values[at..], &mut scratch);
         });
+    }
+}
+
+/// Helper `h`'s share of an attention: items claimed one at a time until none is left, their
+/// outputs kept in its [`HelperOut`] for the caller to collect.
+fn attention_share(s: &Shared<'_, '_>, p: &AttnProgress, h: usize) {
+    let mut done = 0;
+    {
+        // As for a product: the caller's next write of the inputs waits for this guard.
+        let input = s.attn.read().unwrap_or_else(PoisonError::into_inner);
+        let hd = input.head_dim();
+        let mut scratch: Option<MutexGuard<'_, AttnScratch>> = None;
+        let mut out: Option<MutexGuard<'_, HelperOut>> = None;
+        while let Some(i) = p.claim() {
+            let o = out.get_or_insert_with(|| {
+                let mut o = lock(&s.helper_out[h]);
+                o.epoch = p.epoch;
+                o.chunks.clear();
+                o.values.clear();
+                o
+            });
+            match o.chunks.last_mut() {
+                Some((first, n)) if *first + *n == i => *n += 1,
+                _ => o.chunks.push((i, 1)),
+            }
+            let at = o.values.len();
+            o.values.resize(at + hd, 0.0);
+            let scratch = scratch.get_or_insert_with(|| lock(&s.helper_attn[h]));
+            input.compute(i..i + 1, &mut o.values[at..], scratch);
+            done += 1;
+        }
+    }
+    if done > 0 {
+        p.done.fetch_add(done, Ordering::SeqCst);
+        if s.caller_parked.load(Ordering::SeqCst) {
+            s.caller.unpark();
+        }
     }
 }
 
@@ -320,10 +400,62 @@ impl<'m> Team<'m, '_> {
         self.shared.helper_out.len() + 1
     }
 
-    /// Tells the helpers to park until the next product instead of spinning: the caller is about
-    /// to use the cores with threads of its own (attention). The next product wakes them.
-    pub fn rest(&self) {
-        self.shared.resting.store(true, Ordering::Relaxed);
+    /// [`ops::attention_batch`] on the team: its (row, head) items are shared out among the
+    /// threads when there is enough work (else the caller computes them all). The values are the
+    /// same either way, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &mut self,
+        hp: &HParams,
+        kvs: &[KvCache],
+        slots: Option<&[usize]>,
+        li: usize,
+        q: &[f32],
+        positions: &[usize],
+        out: &mut [f32],
+        scratch: &mut AttnScratch,
+    ) {
+        let n_items = positions.len() * hp.n_head;
+        if self.threads() == 1 || n_items < 2 || ops::attention_work(hp, positions) < TEAM_ATTENTION_MIN_WORK {
+            ops::attention_batch(hp, kvs, slots, li, q, positions, out, scratch);
+            return;
+        }
+        let s = self.shared;
+        assert_eq!(std::thread::current().id(), s.caller.id(), "a team is driven by the thread that made it");
+        s.attn.write().unwrap_or_else(PoisonError::into_inner).set(hp, kvs, slots, li, q, positions);
+        let epoch = s.epoch.load(Ordering::Relaxed) + 1;
+        let p = self.next_attn_progress(epoch, n_items);
+        *lock(&s.job) = Some(Task::Attention(p.clone()));
+        s.publish();
+
+        let hd = hp.head_dim;
+        let mut done = 0;
+        {
+            let input = s.attn.read().unwrap_or_else(PoisonError::into_inner);
+            while let Some(i) = p.claim() {
+                input.compute(i..i + 1, &mut out[i * hd..(i + 1) * hd], scratch);
+                done += 1;
+            }
+        }
+        p.done.fetch_add(done, Ordering::SeqCst);
+        wait_until(CALLER_SPIN, &s.caller_parked, || p.done.load(Ordering::SeqCst) == n_items);
+        for out_h in s.helper_out {
+            let out_h = lock(out_h);
+            if out_h.epoch != epoch {
+                continue;
+            }
+            let mut at = 0;
+            for &(i0, n) in &out_h.chunks {
+                let len = n * hd;
+                out[i0 * hd..i0 * hd + len].copy_from_slice(&out_h.values[at..at + len]);
+                at += len;
+            }
+        }
+        drop(p);
+        *self.attn_spare = match lock(&s.job).take() {
+            Some(Task::Attention(p)) => Some(p),
+            _ => None,
+        };
     }
 
     /// [`QuantizedActs::set_runs`] for the team's next products (empty: the batch is one run).
@@ -379,8 +511,7 @@ impl<'m> Team<'m, '_> {
         s.acts.write().unwrap_or_else(PoisonError::into_inner).quantize(k, vec_dot_type(w0.ty), x, w0.n_in, interleave);
         let epoch = s.epoch.load(Ordering::Relaxed) + 1;
         let job = Job { ws: group, starts, k, progress: self.next_progress(epoch, n_out) };
-        *lock(&s.job) = Some(job.clone());
-        s.resting.store(false, Ordering::Relaxed);
+        *lock(&s.job) = Some(Task::Product(job.clone()));
         s.publish();
 
         self.own.resize(n_rows * n_out, 0.0);
@@ -389,7 +520,7 @@ impl<'m> Team<'m, '_> {
         work(s, &job.progress, 0, |r0, n, acts| {
             job.compute(acts, r0, n, &mut own[r0 * n_rows..(r0 + n) * n_rows], &mut scratch);
         });
-        wait_until(CALLER_SPIN, &s.caller_parked, || job.progress.rows_done.load(Ordering::SeqCst) == n_out, || false);
+        wait_until(CALLER_SPIN, &s.caller_parked, || job.progress.rows_done.load(Ordering::SeqCst) == n_out);
         for out_h in s.helper_out {
             let out_h = lock(out_h);
             if out_h.epoch != epoch {
@@ -411,7 +542,10 @@ impl<'m> Team<'m, '_> {
             }
         }
         drop(job);
-        *self.spare = lock(&s.job).take().map(|j| j.progress);
+        *self.spare = match lock(&s.job).take() {
+            Some(Task::Product(j)) => Some(j.progress),
+            _ => None,
+        };
     }
 
     /// The progress record of product `epoch`, reusing the last one's allocation when no
@@ -437,6 +571,19 @@ impl<'m> Team<'m, '_> {
             homes: (0..n_threads).map(|i| Home(AtomicU64::new(bounds(i)))).collect(),
             rows_done: AtomicUsize::new(0),
         })
+    }
+
+    /// The progress record of attention `epoch`, reusing the last one's allocation as
+    /// [`Team::next_progress`] does.
+    fn next_attn_progress(&mut self, epoch: usize, n_items: usize) -> Arc<AttnProgress> {
+        if let Some(p) = self.attn_spare.as_mut().and_then(Arc::get_mut) {
+            (p.epoch, p.n_items) = (epoch, n_items);
+            (*p.next.get_mut(), *p.done.get_mut()) = (0, 0);
+            if let Some(p) = self.attn_spare.take() {
+                return p;
+            }
+        }
+        Arc::new(AttnProgress { epoch, n_items, next: AtomicUsize::new(0), done: AtomicUsize::new(0) })
     }
 }
 
@@ -597,6 +744,111 @@ mod tests {
                 }
                 assert_eq!(at, end, "home {start}..{end}, pattern {pattern:b}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod attention_tests {
+    use gguf::GgmlType;
+
+    use super::*;
+    use crate::hparams::Arch;
+    use crate::matmul::matmul;
+    use crate::quant::synthetic::random_blocks_varied;
+
+    #[test]
+    fn team_attention_equals_one_thread_bit_for_bit() {
+        // Goal: attention shared out on a team gives every (row, head) item the bits of one
+        // thread, and a product between two attentions of the same team (helpers switching task
+        // kinds) disturbs neither; method: a long prefill run (tiled kernel) and three decode
+        // rows of other sequences, layers 0 and 1 of two, 1–3 threads, buffers kept across teams.
+        let hp = HParams {
+            arch: Arch::Llama,
+            n_layer: 2,
+            n_embd: 64,
+            n_ff: 128,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 16,
+            n_rot: 16,
+            rope_freq_base: 10000.0,
+            rope_freq_scale: 1.0,
+            rms_eps: 1e-5,
+            n_ctx_train: 4096,
+        };
+        let (nq, nkv) = (hp.n_embd_q(), hp.n_embd_kv());
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let mut kvs: Vec<KvCache> = (0..4).map(|_| KvCache::new(2, 512, nkv)).collect();
+        for kv in &mut kvs {
+            for (li, p) in (0..2).flat_map(|li| (0..512).map(move |p| (li, p))) {
+                let k: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
+                let v: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
+                kv.store(li, p, &k, &v);
+            }
+        }
+        let mut positions: Vec<usize> = (30..100).collect();
+        let mut slots = vec![2; positions.len()];
+        positions.extend([400, 17, 250]);
+        slots.extend([0, 3, 1]);
+        assert!(ops::attention_work(&hp, &positions) >= TEAM_ATTENTION_MIN_WORK);
+        let q: Vec<f32> = (0..positions.len() * nq).map(|_| rnd()).collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let want: Vec<Vec<u32>> = (0..2)
+            .map(|li| {
+                let mut out = vec![0.0; q.len()];
+                ops::attention_batch(
+                    &hp,
+                    &kvs,
+                    Some(&slots),
+                    li,
+                    &q,
+                    &positions,
+                    &mut out,
+                    &mut AttnScratch::default(),
+                );
+                bits(&out)
+            })
+            .collect();
+        assert_ne!(want[0], want[1], "the two layers must differ for the test to see a wrong one");
+        let w_data = random_blocks_varied(GgmlType::Q4_0, 64 * 40, 9);
+        let w = QMatrix::new("w", GgmlType::Q4_0, 64, 40, &w_data).unwrap();
+        let x: Vec<f32> = (0..3 * 64).map(|_| rnd()).collect();
+        let mut want_p = vec![0.0; 3 * 40];
+        matmul(&w, &x, &mut want_p, &mut QuantizedActs::default(), &mut Vec::new());
+        let mut bufs = TeamBuffers::default();
+        let mut scratch = AttnScratch::default();
+        for n_threads in [1, 2, 3, 2] {
+            with_team(n_threads, &mut bufs, |team| {
+                for li in [0, 1, 0] {
+                    let mut out = vec![f32::NAN; q.len()];
+                    team.attention(&hp, &kvs, Some(&slots), li, &q, &positions, &mut out, &mut scratch);
+                    assert_eq!(bits(&out), want[li], "layer {li}, {n_threads} threads");
+                    let mut got_p = vec![f32::NAN; 3 * 40];
+                    team.matmul(&w, &x, &mut got_p);
+                    assert_eq!(bits(&got_p), bits(&want_p), "product after attention, {n_threads} threads");
+                }
+                // Decode rows alone: few items, the hand-off still taken.
+                let tail = positions.len() - 3;
+                let mut out = vec![f32::NAN; 3 * nq];
+                team.attention(
+                    &hp,
+                    &kvs,
+                    Some(&slots[tail..]),
+                    1,
+                    &q[tail * nq..],
+                    &positions[tail..],
+                    &mut out,
+                    &mut scratch,
+                );
+                assert_eq!(bits(&out), want[1][tail * nq..], "decode rows, {n_threads} threads");
+            });
         }
     }
 }
