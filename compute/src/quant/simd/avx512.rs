@@ -11,8 +11,8 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::avx2::{
-    f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, in_row_groups,
-    iq1_s_sub_block, iq4_nl_values, lane, load16_i16, load32, load32_i8, nibble_blocks_dot_x4, nibbles, q4_0_values,
+    self, f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, in_row_groups,
+    iq1_s_sub_block, iq4_nl_values, lane, load16, load16_i16, load32, load32_i8, nibble_blocks_dot_x4, q4_0_values,
     q4_k_rows, q5_k_rows, q6_k_rows, q6k_values, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, BlockQ8_1x8};
@@ -64,18 +64,43 @@ pub unsafe fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
     hsum8(acc)
 }
 
+/// A Q4_0/IQ4_NL block's eight exact lanes (`avx2::nibble_block_lanes`), with the weights
+/// taken unsigned: `table_u` holds the sixteen values + 128, and every lane starts from -128 ×
+/// the sum of its four activations, so `Σ (v + 128)·y - 128·Σ y = Σ v·y` with no sign
+/// juggling. The sixteen bytes are broadcast to both halves and shifted per half (low nibbles
+/// for elements 0–15, high for 16–31), which needs no cross-lane unpacking. The start value
+/// depends on the activations only, so a caller's rows share it.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn nibble_block_lanes(blk: &[u8], y: &BlockQ8_0, table: __m256i) -> __m256i {
-    let v = _mm256_shuffle_epi8(table, nibbles(sub(blk, 2)));
-    dot4(_mm256_abs_epi8(v), _mm256_sign_epi8(load32_i8(&y.qs), v))
+fn nibble_block_lanes(blk: &[u8], y: &BlockQ8_0, table_u: __m256i) -> __m256i {
+    let ya = load32_i8(&y.qs);
+    let start = _mm256_sub_epi32(_mm256_setzero_si256(), dot4(_mm256_set1_epi8(-128), ya));
+    _mm256_dpbusd_epi32(start, _mm256_shuffle_epi8(table_u, nibbles(sub(blk, 2))), ya)
+}
+
+/// `avx2::nibbles` (low nibbles of 16 bytes in the low half, high nibbles in the high half)
+/// without its cross-lane insert: the bytes are broadcast to both halves, the high half's
+/// 16-bit words shifted down by four (`vpsrlvw`), and both masked.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibbles(q: &[u8; 16]) -> __m256i {
+    let q = _mm256_broadcastsi128_si256(load16(q));
+    let halves = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4);
+    _mm256_and_si256(_mm256_srlv_epi16(q, halves), _mm256_set1_epi8(0x0F))
+}
+
+/// A `pshufb` table of sixteen signed values as the unsigned values + 128, in both halves.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn unsigned_table(values: __m128i) -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_xor_si128(values, _mm_set1_epi8(-128)))
 }
 
 /// As `avx2::nibble_blocks_dot`: exact block sums, fused one block at a time in order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
-    let table = _mm256_broadcastsi128_si256(table);
+    let table = unsigned_table(table);
     let n = (w.len() / 18).min(a.len());
     let (w, a) = (&w[..n * 18], &a[..n]);
     let mut acc = 0.0f32;
@@ -100,7 +125,7 @@ fn nibble_blocks_dot(w: &[u8], a: &[BlockQ8_0], table: __m128i) -> f32 {
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q4_0_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
-    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, _mm256_broadcastsi128_si256(q4_0_values()))
+    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, unsigned_table(q4_0_values()))
 }
 
 /// `avx2::vec_dot_iq4_nl_q8_0_x4` with the VNNI block kernel.
@@ -109,7 +134,7 @@ pub unsafe fn vec_dot_q4_0_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_iq4_nl_q8_0_x4(w: &[u8], a: &[BlockQ8_0]) -> [f32; 4] {
-    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, _mm256_broadcastsi128_si256(iq4_nl_values()))
+    nibble_blocks_dot_x4!(nibble_block_lanes, w, a, unsigned_table(iq4_nl_values()))
 }
 
 /// # Safety
@@ -257,10 +282,11 @@ fn q4_1_x8(w: &[u8], a: &[BlockQ8_1x8], groups: usize, out: &mut [f32]) {
             for (blk, y) in wr.chunks_exact(20).zip(ys) {
                 let dm = f16x4(blk, 0);
                 // The weight words stored once and broadcast from memory (`vpermd` broadcasts
-                // measured slower).
+                // measured slower, and so did this file's `nibbles` here).
                 let mut words = [0i32; 8];
+                let x = avx2::nibbles(sub(blk, 4));
                 // SAFETY: writes the 32 bytes of `words`; `storeu` has no alignment requirement.
-                unsafe { _mm256_storeu_si256(words.as_mut_ptr().cast(), nibbles(sub(blk, 4))) };
+                unsafe { _mm256_storeu_si256(words.as_mut_ptr().cast(), x) };
                 // SAFETY: reads the 8 floats of `d` and of `s`; `loadu` has no alignment requirement.
                 let (yd, ys) = unsafe { (_mm256_loadu_ps(y.d.as_ptr()), _mm256_loadu_ps(y.s.as_ptr())) };
                 summs = _mm256_fmadd_ps(_mm256_set1_ps(lane::<1>(dm)), ys, summs);
