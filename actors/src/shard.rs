@@ -44,7 +44,6 @@ pub struct Shard {
 pub fn open(path: &Path) -> Result<(Arc<GgufFile>, Fingerprint, compute::HParams)> {
     let err = |msg: String| NodeError::Model { path: path.display().to_string(), msg };
     let file = GgufFile::open(path).map_err(|e| err(e.to_string()))?;
-    tracing::debug!(path = %path.display(), huge_pages = file.huge_pages(), "model mapped");
     let hp = compute::HParams::from_metadata(file.metadata()).map_err(|e| err(e.to_string()))?;
     let fp = Fingerprint::of(file.header_bytes(), file.file_len());
     Ok((Arc::new(file), fp, hp))

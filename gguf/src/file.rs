@@ -13,23 +13,6 @@ pub struct GgufFile {
     path: PathBuf,
     header: Header,
     map: Mmap,
-    huge_pages: bool,
-}
-
-/// Asks Linux to map the file with 2 MiB pages where its page cache holds 2 MiB folios, and to
-/// read it in as such (`MADV_HUGEPAGE`; with transparent huge pages in `madvise` mode, the
-/// common default, nothing else asks). Decoding streams every weight once per token, so each
-/// 4 KiB page was a TLB miss and a stop for the hardware prefetchers, which do not cross page
-/// boundaries: the 7B-shaped model decoded 4–11 % faster with it. Advisory: a kernel without
-/// transparent huge pages refuses it, and the mapping works as before. Whether it was taken.
-fn advise_huge_pages(map: &Mmap) -> bool {
-    #[cfg(target_os = "linux")]
-    return map.advise(memmap2::Advice::HugePage).is_ok();
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = map;
-        false
-    }
 }
 
 impl GgufFile {
@@ -50,9 +33,8 @@ impl GgufFile {
         // that model files are not modified while mapped; every access below is bounds-checked
         // against the map's length.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let huge_pages = advise_huge_pages(&map);
         let header = parse_header(&map, map.len() as u64)?;
-        Ok(GgufFile { path, header, map, huge_pages })
+        Ok(GgufFile { path, header, map })
     }
 
     pub fn path(&self) -> &Path {
@@ -69,11 +51,6 @@ impl GgufFile {
 
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.header.tensors
-    }
-
-    /// Whether the kernel took the request for 2 MiB pages on the mapping.
-    pub fn huge_pages(&self) -> bool {
-        self.huge_pages
     }
 
     /// Size of the mapped file in bytes.
