@@ -393,7 +393,7 @@ impl Model {
         }
         s.attn.resize(n_tok * nq, 0.0);
         // Attention per sequence over its own cache, its (row, head) items shared out on the team.
-        team.attention(hp, kvs, slots, li, &s.q, positions, &mut s.attn, &mut s.att_scratch);
+        team.attention(ops::Attn { hp, kvs, slots, li, q: &s.q, positions }, &mut s.attn, &mut s.att_scratch);
         s.proj.resize(n_tok * e, 0.0);
         debug_sum(dbg, "kqv_out", il, &s.attn);
         team.matmul(&self.matrix(&lw.wo), &s.attn, &mut s.proj);

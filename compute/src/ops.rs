@@ -196,7 +196,32 @@ pub fn attention(
     out: &mut [f32],
     s: &mut AttnScratch,
 ) {
-    attention_batch(hp, std::slice::from_ref(kv), None, li, q, positions, out, s);
+    attention_batch(Attn { hp, kvs: std::slice::from_ref(kv), slots: None, li, q, positions }, out, s);
+}
+
+/// One layer's attention over rows of several sequences: row `t` has query `q[t]` (`n_head ·
+/// head_dim` values), sits at `positions[t]` and reads the cache `kvs[slots[t]]` (`None`:
+/// `kvs[0]`), layer `li`; the rows of one sequence are consecutive.
+#[derive(Clone, Copy)]
+pub struct Attn<'a> {
+    pub hp: &'a HParams,
+    pub kvs: &'a [KvCache],
+    pub slots: Option<&'a [usize]>,
+    pub li: usize,
+    pub q: &'a [f32],
+    pub positions: &'a [usize],
+}
+
+impl Attn<'_> {
+    /// Key × head products: the work.
+    pub fn work(&self) -> usize {
+        attention_work(self.hp, self.positions)
+    }
+
+    /// Number of (row, head) items.
+    pub fn n_items(&self) -> usize {
+        self.positions.len() * self.hp.n_head
+    }
 }
 
 /// Key × head products of attention over `positions`.
@@ -233,26 +258,23 @@ fn tiled_rows(slots: Option<&[usize]>, n_tok: usize, tiled: &mut Vec<bool>) {
     }
 }
 
-/// [`attention`] for rows of several sequences, on the calling thread: row `t` reads the cache
-/// `kvs[slots[t]]` (`None`: `kvs[0]`), and the rows of one sequence are consecutive, each run
-/// choosing its kernel by its own length, as if its sequence ran alone. A compute team splits
-/// the same work over its threads with [`AttnInput`]; every (row, head) item has the same bits
-/// either way.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_batch(
-    hp: &HParams,
-    kvs: &[KvCache],
-    slots: Option<&[usize]>,
-    li: usize,
-    q: &[f32],
-    positions: &[usize],
-    out: &mut [f32],
-    s: &mut AttnScratch,
-) {
+/// [`attention`] for rows of several sequences ([`Attn`]), on the calling thread, each run of
+/// one sequence's rows choosing its kernel by its own length, as if its sequence ran alone. A
+/// compute team splits the same work over its threads with [`AttnInput`]; every (row, head)
+/// item has the same bits either way.
+pub fn attention_batch(a: Attn<'_>, out: &mut [f32], s: &mut AttnScratch) {
     let mut tiled = std::mem::take(&mut s.tiled);
-    tiled_rows(slots, positions.len(), &mut tiled);
-    let ctx = ItemCtx { shape: AttnShape::of(hp), caches: Caches::Owned(kvs), slots, li, q, positions, tiled: &tiled };
-    attention_items(&ctx, 0..positions.len() * hp.n_head, out, s);
+    tiled_rows(a.slots, a.positions.len(), &mut tiled);
+    let ctx = ItemCtx {
+        shape: AttnShape::of(a.hp),
+        caches: Caches::Owned(a.kvs),
+        slots: a.slots,
+        li: a.li,
+        q: a.q,
+        positions: a.positions,
+        tiled: &tiled,
+    };
+    attention_items(&ctx, 0..a.n_items(), out, s);
     s.tiled = tiled;
 }
 
@@ -302,26 +324,18 @@ pub struct AttnInput {
 }
 
 impl AttnInput {
-    /// Takes the inputs of [`attention_batch`].
-    pub fn set(
-        &mut self,
-        hp: &HParams,
-        kvs: &[KvCache],
-        slots: Option<&[usize]>,
-        li: usize,
-        q: &[f32],
-        positions: &[usize],
-    ) {
-        self.shape = AttnShape::of(hp);
+    /// Takes the inputs of one attention.
+    pub fn set(&mut self, a: Attn<'_>) {
+        self.shape = AttnShape::of(a.hp);
         self.q.clear();
-        self.q.extend_from_slice(q);
+        self.q.extend_from_slice(a.q);
         self.positions.clear();
-        self.positions.extend_from_slice(positions);
+        self.positions.extend_from_slice(a.positions);
         self.slots.clear();
-        self.slots.extend_from_slice(slots.unwrap_or_default());
-        tiled_rows(slots, positions.len(), &mut self.tiled);
+        self.slots.extend_from_slice(a.slots.unwrap_or_default());
+        tiled_rows(a.slots, a.positions.len(), &mut self.tiled);
         self.layers.clear();
-        self.layers.extend(kvs.iter().map(|kv| kv.layer(li).clone()));
+        self.layers.extend(a.kvs.iter().map(|kv| kv.layer(a.li).clone()));
     }
 
     /// Number of (row, head) items.
@@ -438,38 +452,11 @@ mod tests {
 
     #[test]
     fn attention_items_in_pieces_give_the_same_bits() {
-        let hp = HParams {
-            arch: Arch::Llama,
-            n_layer: 1,
-            n_embd: 256,
-            n_ff: 512,
-            n_head: 8,
-            n_head_kv: 2,
-            head_dim: 32,
-            n_rot: 32,
-            rope_freq_base: 10000.0,
-            rope_freq_scale: 1.0,
-            rms_eps: 1e-5,
-            n_ctx_train: 4096,
-        };
-        let (nq, nkv, hd) = (hp.n_embd_q(), hp.n_embd_kv(), hp.head_dim);
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let hp = fixtures::hparams(8, 2, 32);
+        let (nq, hd) = (hp.n_embd_q(), hp.head_dim);
         // Three sequences: a long prefill run (tiled kernel) and two decode rows far into
         // their caches (per-row kernel); layer 1 of two.
-        let mut kvs: Vec<KvCache> = (0..3).map(|_| KvCache::new(2, 1024, nkv)).collect();
-        for kv in &mut kvs {
-            for (li, p) in (0..2).flat_map(|li| (0..1024).map(move |p| (li, p))) {
-                let k: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
-                let v: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
-                kv.store(li, p, &k, &v);
-            }
-        }
+        let (kvs, mut rnd) = fixtures::random_caches(&hp, 3, 1024, 0x9E37_79B9_7F4A_7C15);
         let mut positions: Vec<usize> = (100..180).collect();
         let mut slots = vec![0; 80];
         positions.extend([900, 700]);
@@ -477,12 +464,13 @@ mod tests {
         let q: Vec<f32> = (0..positions.len() * nq).map(|_| rnd()).collect();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let mut out = vec![0.0; q.len()];
-        attention_batch(&hp, &kvs, Some(&slots), 1, &q, &positions, &mut out, &mut AttnScratch::default());
+        let a = Attn { hp: &hp, kvs: &kvs, slots: Some(&slots), li: 1, q: &q, positions: &positions };
+        attention_batch(a, &mut out, &mut AttnScratch::default());
         let one = bits(&out);
         // Items taken in pieces from the team's copy of the inputs, in any order, with scratch
         // left over from other items.
         let mut input = AttnInput::default();
-        input.set(&hp, &kvs, Some(&slots), 1, &q, &positions);
+        input.set(a);
         let n = input.n_items();
         assert_eq!(n, positions.len() * hp.n_head);
         let mut pieces = vec![f32::NAN; q.len()];
@@ -495,5 +483,52 @@ mod tests {
         let mut alone = vec![0.0; 80 * nq];
         attention(&hp, &kvs[0], 1, &q[..80 * nq], &positions[..80], &mut alone, &mut AttnScratch::default());
         assert_eq!(bits(&alone), one[..80 * nq]);
+    }
+}
+
+/// Inputs for attention tests (here and in the team's).
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::hparams::Arch;
+
+    /// A llama-shaped model of one attention layer's widths.
+    pub fn hparams(n_head: usize, n_head_kv: usize, head_dim: usize) -> HParams {
+        HParams {
+            arch: Arch::Llama,
+            n_layer: 2,
+            n_embd: n_head * head_dim,
+            n_ff: 2 * n_head * head_dim,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_rot: head_dim,
+            rope_freq_base: 10000.0,
+            rope_freq_scale: 1.0,
+            rms_eps: 1e-5,
+            n_ctx_train: 4096,
+        }
+    }
+
+    /// `n_seqs` caches of two layers whose `n_ctx` positions all hold random keys and values,
+    /// and the generator that made them (values in -0.5..0.5), for the queries.
+    pub fn random_caches(hp: &HParams, n_seqs: usize, n_ctx: usize, seed: u64) -> (Vec<KvCache>, impl FnMut() -> f32) {
+        let nkv = hp.n_embd_kv();
+        let mut seed = seed;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let mut kvs: Vec<KvCache> = (0..n_seqs).map(|_| KvCache::new(2, n_ctx, nkv)).collect();
+        for kv in &mut kvs {
+            for (li, p) in (0..2).flat_map(|li| (0..n_ctx).map(move |p| (li, p))) {
+                let k: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
+                let v: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
+                kv.store(li, p, &k, &v);
+            }
+        }
+        (kvs, rnd)
     }
 }

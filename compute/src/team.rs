@@ -26,12 +26,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crate::hparams::HParams;
-use crate::kv_cache::KvCache;
 use crate::matmul::{
     compute_rows, takes_interleaved_rows, transpose_rows, vec_dot_type, QMatrix, QuantizedActs, ROWS_PER_TASK,
 };
-use crate::ops::{self, AttnInput, AttnScratch};
+use crate::ops::{self, Attn, AttnInput, AttnScratch};
 use crate::quant::simd::Kernels;
 
 /// Buffers a team works in, kept between forward calls so decoding does not allocate.
@@ -381,6 +379,23 @@ fn work(s: &Shared<'_, '_>, job: &Progress, me: usize, mut compute: impl FnMut(u
 }
 
 impl Shared<'_, '_> {
+    /// Copies what the helpers computed for task `epoch` into `out`, where unit `i` (a weight row
+    /// of a product, an item of an attention) holds `width` values from `i · width`.
+    fn collect(&self, epoch: usize, width: usize, out: &mut [f32]) {
+        for out_h in self.helper_out {
+            let out_h = lock(out_h);
+            if out_h.epoch != epoch {
+                continue;
+            }
+            let mut at = 0;
+            for &(i0, n) in &out_h.chunks {
+                let len = n * width;
+                out[i0 * width..i0 * width + len].copy_from_slice(&out_h.values[at..at + len]);
+                at += len;
+            }
+        }
+    }
+
     /// Starts the next epoch (a product, or the stop) and wakes parked helpers.
     fn publish(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -403,32 +418,21 @@ impl<'m> Team<'m, '_> {
     /// [`ops::attention_batch`] on the team: its (row, head) items are shared out among the
     /// threads when there is enough work (else the caller computes them all). The values are the
     /// same either way, bit for bit.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention(
-        &mut self,
-        hp: &HParams,
-        kvs: &[KvCache],
-        slots: Option<&[usize]>,
-        li: usize,
-        q: &[f32],
-        positions: &[usize],
-        out: &mut [f32],
-        scratch: &mut AttnScratch,
-    ) {
-        let n_items = positions.len() * hp.n_head;
-        if self.threads() == 1 || n_items < 2 || ops::attention_work(hp, positions) < TEAM_ATTENTION_MIN_WORK {
-            ops::attention_batch(hp, kvs, slots, li, q, positions, out, scratch);
+    pub fn attention(&mut self, a: Attn<'_>, out: &mut [f32], scratch: &mut AttnScratch) {
+        let n_items = a.n_items();
+        if self.threads() == 1 || n_items < 2 || a.work() < TEAM_ATTENTION_MIN_WORK {
+            ops::attention_batch(a, out, scratch);
             return;
         }
         let s = self.shared;
         assert_eq!(std::thread::current().id(), s.caller.id(), "a team is driven by the thread that made it");
-        s.attn.write().unwrap_or_else(PoisonError::into_inner).set(hp, kvs, slots, li, q, positions);
+        s.attn.write().unwrap_or_else(PoisonError::into_inner).set(a);
         let epoch = s.epoch.load(Ordering::Relaxed) + 1;
         let p = self.next_attn_progress(epoch, n_items);
         *lock(&s.job) = Some(Task::Attention(p.clone()));
         s.publish();
 
-        let hd = hp.head_dim;
+        let hd = a.hp.head_dim;
         let mut done = 0;
         {
             let input = s.attn.read().unwrap_or_else(PoisonError::into_inner);
@@ -439,18 +443,7 @@ impl<'m> Team<'m, '_> {
         }
         p.done.fetch_add(done, Ordering::SeqCst);
         wait_until(CALLER_SPIN, &s.caller_parked, || p.done.load(Ordering::SeqCst) == n_items);
-        for out_h in s.helper_out {
-            let out_h = lock(out_h);
-            if out_h.epoch != epoch {
-                continue;
-            }
-            let mut at = 0;
-            for &(i0, n) in &out_h.chunks {
-                let len = n * hd;
-                out[i0 * hd..i0 * hd + len].copy_from_slice(&out_h.values[at..at + len]);
-                at += len;
-            }
-        }
+        s.collect(epoch, hd, out);
         drop(p);
         *self.attn_spare = match lock(&s.job).take() {
             Some(Task::Attention(p)) => Some(p),
@@ -521,18 +514,7 @@ impl<'m> Team<'m, '_> {
             job.compute(acts, r0, n, &mut own[r0 * n_rows..(r0 + n) * n_rows], &mut scratch);
         });
         wait_until(CALLER_SPIN, &s.caller_parked, || job.progress.rows_done.load(Ordering::SeqCst) == n_out);
-        for out_h in s.helper_out {
-            let out_h = lock(out_h);
-            if out_h.epoch != epoch {
-                continue;
-            }
-            let mut at = 0;
-            for &(r0, n) in &out_h.chunks {
-                let len = n * n_rows;
-                own[r0 * n_rows..r0 * n_rows + len].copy_from_slice(&out_h.values[at..at + len]);
-                at += len;
-            }
-        }
+        s.collect(epoch, n_rows, own);
         for ((w, &start), out) in ws.iter().zip(&starts).zip(outs.iter_mut()) {
             let mine = &own[start * n_rows..(start + w.n_out) * n_rows];
             if n_rows == 1 {
@@ -753,7 +735,6 @@ mod attention_tests {
     use gguf::GgmlType;
 
     use super::*;
-    use crate::hparams::Arch;
     use crate::matmul::matmul;
     use crate::quant::synthetic::random_blocks_varied;
 
@@ -763,56 +744,21 @@ mod attention_tests {
         // thread, and a product between two attentions of the same team (helpers switching task
         // kinds) disturbs neither; method: a long prefill run (tiled kernel) and three decode
         // rows of other sequences, layers 0 and 1 of two, 1–3 threads, buffers kept across teams.
-        let hp = HParams {
-            arch: Arch::Llama,
-            n_layer: 2,
-            n_embd: 64,
-            n_ff: 128,
-            n_head: 4,
-            n_head_kv: 2,
-            head_dim: 16,
-            n_rot: 16,
-            rope_freq_base: 10000.0,
-            rope_freq_scale: 1.0,
-            rms_eps: 1e-5,
-            n_ctx_train: 4096,
-        };
-        let (nq, nkv) = (hp.n_embd_q(), hp.n_embd_kv());
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        let mut kvs: Vec<KvCache> = (0..4).map(|_| KvCache::new(2, 512, nkv)).collect();
-        for kv in &mut kvs {
-            for (li, p) in (0..2).flat_map(|li| (0..512).map(move |p| (li, p))) {
-                let k: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
-                let v: Vec<f32> = (0..nkv).map(|_| rnd()).collect();
-                kv.store(li, p, &k, &v);
-            }
-        }
+        let hp = ops::fixtures::hparams(4, 2, 16);
+        let nq = hp.n_embd_q();
+        let (kvs, mut rnd) = ops::fixtures::random_caches(&hp, 4, 512, 0x2545_F491_4F6C_DD1D);
         let mut positions: Vec<usize> = (30..100).collect();
         let mut slots = vec![2; positions.len()];
         positions.extend([400, 17, 250]);
         slots.extend([0, 3, 1]);
-        assert!(ops::attention_work(&hp, &positions) >= TEAM_ATTENTION_MIN_WORK);
         let q: Vec<f32> = (0..positions.len() * nq).map(|_| rnd()).collect();
+        let attn = |li: usize| Attn { hp: &hp, kvs: &kvs, slots: Some(&slots), li, q: &q, positions: &positions };
+        assert!(attn(0).work() >= TEAM_ATTENTION_MIN_WORK);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let want: Vec<Vec<u32>> = (0..2)
             .map(|li| {
                 let mut out = vec![0.0; q.len()];
-                ops::attention_batch(
-                    &hp,
-                    &kvs,
-                    Some(&slots),
-                    li,
-                    &q,
-                    &positions,
-                    &mut out,
-                    &mut AttnScratch::default(),
-                );
+                ops::attention_batch(attn(li), &mut out, &mut AttnScratch::default());
                 bits(&out)
             })
             .collect();
@@ -828,7 +774,7 @@ mod attention_tests {
             with_team(n_threads, &mut bufs, |team| {
                 for li in [0, 1, 0] {
                     let mut out = vec![f32::NAN; q.len()];
-                    team.attention(&hp, &kvs, Some(&slots), li, &q, &positions, &mut out, &mut scratch);
+                    team.attention(attn(li), &mut out, &mut scratch);
                     assert_eq!(bits(&out), want[li], "layer {li}, {n_threads} threads");
                     let mut got_p = vec![f32::NAN; 3 * 40];
                     team.matmul(&w, &x, &mut got_p);
@@ -837,16 +783,10 @@ mod attention_tests {
                 // Decode rows alone: few items, the hand-off still taken.
                 let tail = positions.len() - 3;
                 let mut out = vec![f32::NAN; 3 * nq];
-                team.attention(
-                    &hp,
-                    &kvs,
-                    Some(&slots[tail..]),
-                    1,
-                    &q[tail * nq..],
-                    &positions[tail..],
-                    &mut out,
-                    &mut scratch,
-                );
+                let a = attn(1);
+                let decode =
+                    Attn { slots: Some(&slots[tail..]), q: &q[tail * nq..], positions: &positions[tail..], ..a };
+                team.attention(decode, &mut out, &mut scratch);
                 assert_eq!(bits(&out), want[1][tail * nq..], "decode rows, {n_threads} threads");
             });
         }
