@@ -448,7 +448,6 @@ fn attention_items(c: &ItemCtx<'_>, items: Range<usize>, out: &mut [f32], s: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hparams::Arch;
 
     #[test]
     fn attention_items_in_pieces_give_the_same_bits() {
