@@ -118,7 +118,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             mem_bw.push((t, pool.install(|| solver::profile::mem_bandwidth(Duration::from_millis(1500)))));
         }
     }
-    let mem_bw_of = |t: usize| mem_bw.iter().find(|m| m.0 == t).map(|m| m.1);
+    // 0: the probe could not map its buffer; the table then shows no share.
+    let mem_bw_of = |t: usize| mem_bw.iter().find(|m| m.0 == t).map(|m| m.1).filter(|&m| m > 0.0);
     let gb = |bytes: u64| bytes as f64 / 1e9;
     if a.json {
         for r in &results {

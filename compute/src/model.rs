@@ -520,7 +520,7 @@ pub struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     rope: Vec<f32>,
-    /// One per thread of the team.
+    /// The calling thread's (a team's helpers keep their own in `TeamBuffers`).
     att_scratch: ops::AttnScratch,
     team: TeamBuffers,
 }

@@ -215,18 +215,13 @@ pub struct Attn<'a> {
 impl Attn<'_> {
     /// Key × head products: the work.
     pub fn work(&self) -> usize {
-        attention_work(self.hp, self.positions)
+        self.positions.iter().map(|p| p + 1).sum::<usize>() * self.hp.n_head
     }
 
     /// Number of (row, head) items.
     pub fn n_items(&self) -> usize {
         self.positions.len() * self.hp.n_head
     }
-}
-
-/// Key × head products of attention over `positions`.
-pub fn attention_work(hp: &HParams, positions: &[usize]) -> usize {
-    positions.iter().map(|p| p + 1).sum::<usize>() * hp.n_head
 }
 
 /// The maximal runs of consecutive indices of `0..n` with equal `key`, in order: `(indices, key)`.
@@ -336,11 +331,6 @@ impl AttnInput {
         tiled_rows(a.slots, a.positions.len(), &mut self.tiled);
         self.layers.clear();
         self.layers.extend(a.kvs.iter().map(|kv| kv.layer(a.li).clone()));
-    }
-
-    /// Number of (row, head) items.
-    pub fn n_items(&self) -> usize {
-        self.positions.len() * self.shape.n_head
     }
 
     /// Output values per item.
@@ -470,8 +460,7 @@ mod tests {
         // left over from other items.
         let mut input = AttnInput::default();
         input.set(a);
-        let n = input.n_items();
-        assert_eq!(n, positions.len() * hp.n_head);
+        let n = a.n_items();
         let mut pieces = vec![f32::NAN; q.len()];
         let mut s = AttnScratch::default();
         for piece in [0..1, 640..n, 1..7, 7..640] {

@@ -144,7 +144,7 @@ fn matvec_gflops(ty: GgmlType, budget: Duration) -> Option<f64> {
 /// Parallel sum over a 256 MiB buffer on the current rayon pool: bytes read per second (GB/s),
 /// the median of repeated passes within `budget`. The buffer asks for 2 MiB pages (fewer TLB
 /// misses; 34–35 → 38–39 GB/s on the 2-core VM), so the figure is the most a streaming read
-/// reaches, the stricter yardstick for a weight stream.
+/// reaches, the stricter yardstick for a weight stream. 0 when the 256 MiB cannot be mapped.
 pub fn mem_bandwidth(budget: Duration) -> f64 {
     use rayon::prelude::*;
     let len: usize = 256 << 20;
