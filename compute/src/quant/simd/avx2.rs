@@ -483,14 +483,19 @@ fn q5k_block_sums(head: &[u8], qh: &[u8; 32], qs: &[u8], y: &BlockQ8K) -> (i32, 
 /// Streamed from memory, such rows ran at half the speed of short ones (the same bytes in
 /// `4096 × 18944` against `18944 × 4096`: 7.6 against 16.8 ns per Q6_K block on one thread): the
 /// activation row no longer stays in L1, and the hardware prefetchers then fall behind on the
-/// weights. Asking for the weights ahead, non-temporally (into L1 without displacing the
-/// activations from L2), brought that to 10.7 ns (4 KiB ahead) or 13.1 ns (2 KiB); for short
-/// rows it costs more than it gives. In the 7B decode on two threads, 2 KiB ahead for rows from
-/// 40 blocks was best: 7.95 → 8.85 tokens/s (4 KiB: 8.7; every row: 8.5; 8 KiB: 8.3).
+/// weights. Asking for the weights well ahead into L2 ([`PREFETCH_AHEAD`]) fixes most of that;
+/// for short rows it costs more than it gives (Q4_K `3584`-wide rows streamed on one thread: 6.1
+/// ns per block without, 7.1 with).
 const LONG_ROW_BLOCKS: usize = 40;
 
-/// Bytes ahead of the block in use that [`prefetch_weights`] asks for.
-const PREFETCH_AHEAD: usize = 2048;
+/// Bytes ahead of the block in use that [`prefetch_weights`] asks for, into L2 (`prefetcht1`).
+///
+/// One thread streaming `18944`-wide rows from memory, ns per block (Q4_K / Q6_K): non-temporal
+/// (into L1) 2 KiB ahead 8.4 / 13.0, 4 KiB 9.1 / 13.3, 8 KiB 10.5 / 14.2; into L2 4 KiB 7.3 /
+/// 10.5, 8 KiB 6.7–6.9 / 9.2–9.4, 16 KiB 7.7 / 10.1. In the 7B decode on two threads the
+/// `ffn_down` products went from 29–30 to 38–39 GB/s (Q4_K) and from 27–28 to 40–42 (Q6_K)
+/// against the non-temporal 2 KiB of before.
+const PREFETCH_AHEAD: usize = 8192;
 
 /// Prefetches the cache lines of a block [`PREFETCH_AHEAD`] bytes past `blk` (as many lines as
 /// the block spans, plus one for alignment).
@@ -501,7 +506,7 @@ fn prefetch_weights(blk: &[u8]) {
     for line in 0..blk.len().div_ceil(64) + 1 {
         // A prefetch is a hint that never faults, even past the end of the weights (the address
         // is only computed, with `wrapping_add`, never dereferenced).
-        _mm_prefetch::<_MM_HINT_NTA>(at.wrapping_add(64 * line).cast());
+        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * line).cast());
     }
 }
 
