@@ -486,7 +486,7 @@ fn q5k_block_sums(head: &[u8], qh: &[u8; 32], qs: &[u8], y: &BlockQ8K) -> (i32, 
 /// weights. Asking for the weights well ahead into L2 ([`PREFETCH_AHEAD`]) fixes most of that;
 /// for short rows it costs more than it gives (Q4_K `3584`-wide rows streamed on one thread: 6.1
 /// ns per block without, 7.1 with).
-const LONG_ROW_BLOCKS: usize = 40;
+pub(super) const LONG_ROW_BLOCKS: usize = 40;
 
 /// Bytes ahead of the block in use that [`prefetch_weights`] asks for, into L2 (`prefetcht1`).
 ///
@@ -501,7 +501,7 @@ const PREFETCH_AHEAD: usize = 8192;
 /// the block spans, plus one for alignment).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch_weights(blk: &[u8]) {
+pub(super) fn prefetch_weights(blk: &[u8]) {
     let at = blk.as_ptr().wrapping_add(PREFETCH_AHEAD);
     for line in 0..blk.len().div_ceil(64) + 1 {
         // A prefetch is a hint that never faults, even past the end of the weights (the address

@@ -12,16 +12,17 @@ use half::f16;
 
 use super::avx2::{
     self, f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, in_row_groups,
-    iq1_s_sub_block, iq4_nl_values, lane, load16, load16_i16, load32, load32_i8, nibble_blocks_dot_x4, q4_0_values,
-    q4_k_rows, q5_k_rows, q6_k_rows, q6k_values, rows_s, split_rows, sub, sub_i8, to_array, ROWS_PER_GROUP,
+    iq1_s_sub_block, iq4_nl_values, lane, load16, load16_i16, load32, load32_i8, nibble_blocks_dot_x4,
+    prefetch_weights, q4_0_values, q4_k_rows, q5_k_rows, q6_k_rows, q6k_values, rows_s, split_rows, sub, sub_i8,
+    to_array, LONG_ROW_BLOCKS, ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, BlockQ8_1x8};
 use crate::quant::dot::scales_mins_k4;
 
 pub use super::avx2::{
     f16_axpy, f16_scale, f32_axpy_f16, quantize_q8_0, quantize_q8_1, quantize_q8_k, vec_dot_iq1_s_q8_k_tiled_rows,
-    vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k, vec_dot_q4_k_q8_k_tiled, vec_dot_q4_k_q8_k_tiled_rows, vec_dot_q5_0_q8_0,
-    vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q6_k_q8_k_tiled, vec_dot_q6_k_q8_k_tiled_rows,
+    vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k_tiled, vec_dot_q4_k_q8_k_tiled_rows, vec_dot_q5_0_q8_0, vec_dot_q5_k_q8_k,
+    vec_dot_q6_k_q8_k_tiled, vec_dot_q6_k_q8_k_tiled_rows,
 };
 
 /// `IQ1S_DELTA` of the reference kernel.
@@ -823,6 +824,111 @@ pub unsafe fn vec_dot_q5_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q6_k_q8_k_rows(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
     in_row_groups!(q6_k_rows, w, a, out)
+}
+
+/// One Q4_K super-block's exact lanes (the reference's lane `l`: elements `4l..4l + 4` of every
+/// sub-block, times the sub-block's scale) with `vpdpbusd`, and the mins' lanes (min `j` × the
+/// activation sum of sub-block `j`).
+///
+/// The AVX2 kernel takes two multiplying instructions per 32 elements (`vpmaddubsw`, then
+/// `vpmaddwd` by the scale); on a core whose vector multipliers are its limit that is the cost.
+/// Here `vpdpbusd` gives each sub-block's lanes in one, and since those fit in 16 bits (four
+/// products of at most 15 × 128), the lanes of sub-blocks `2p` and `2p + 1` share one 32-bit
+/// lane as its two halves, so that one `vpmaddwd` scales and adds both: three multiplying
+/// instructions per 64 elements instead of four.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q4k_lanes(blk: &[u8; 144], y: &BlockQ8K) -> (__m256i, __m256i) {
+    // The scale and min bits stay in general registers, whose ALUs the vector work leaves idle.
+    let (sc, m) = scales_mins_k4(sub(blk, 4));
+    // 32-bit word p: scales 2p and 2p + 1 as its i16 halves, in both 128-bit halves.
+    let pairs = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(sc))));
+    let pair = [
+        _mm256_shuffle_epi32::<0x00>(pairs),
+        _mm256_shuffle_epi32::<0x55>(pairs),
+        _mm256_shuffle_epi32::<0xAA>(pairs),
+        _mm256_shuffle_epi32::<0xFF>(pairs),
+    ];
+    let (low, high) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0xF0u8 as i8));
+    let mut lanes = _mm256_setzero_si256();
+    for (p, pair) in pair.into_iter().enumerate() {
+        // Sub-block 2p is the low nibbles of bytes 32p..32p + 32, sub-block 2p + 1 the high ones,
+        // taken in place: 16 × its lanes, which the shift into the upper half then divides out.
+        let q = load32(sub(blk, 16 + 32 * p));
+        let even = dot4(_mm256_and_si256(q, low), load32_i8(sub_i8(&y.qs, 64 * p)));
+        let odd16 = dot4(_mm256_and_si256(q, high), load32_i8(sub_i8(&y.qs, 64 * p + 32)));
+        // |lane| ≤ 4 × 15 × 128 = 7680: each fits its 16-bit half.
+        let both = _mm256_blend_epi16::<0b1010_1010>(even, _mm256_slli_epi32::<12>(odd16));
+        lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(both, pair));
+    }
+    let m8 = _mm_cvtsi64_si128(i64::from_le_bytes(m));
+    let mins = _mm256_madd_epi16(load16_i16(&y.bsums), _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)));
+    (lanes, mins)
+}
+
+/// `avx2::vec_dot_q4_k_q8_k` with each block's lanes from [`q4k_lanes`]: the same lanes,
+/// fused the same way.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let long = a.len() >= LONG_ROW_BLOCKS;
+    for (blk, y) in w.chunks_exact(144).zip(a) {
+        if long {
+            prefetch_weights(blk);
+        }
+        let (lanes, mins) = q4k_lanes(sub(blk, 0), y);
+        let dm = _mm_mul_ps(_mm_set1_ps(y.d), f16x4(blk, 0));
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(lanes), acc);
+        acc_min = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_cvtepi32_ps(mins), acc_min);
+    }
+    hsum8(acc) - hsum8(acc_min)
+}
+
+/// One Q6_K super-block's exact lanes (values unsigned, the offset of 32 taken off through the
+/// activation sums, as `avx2::q6k_fuse`), with `vpdpbusd` as in [`q4k_lanes`]: run `i`'s lanes
+/// (four products of at most 63 × 128: they fit 16 bits) share 32-bit lanes with run `i + 4`'s,
+/// and one `vpmaddwd` scales both. Lanes 0..4 of a run are its first 16-element group, lanes
+/// 4..8 its second, so the scale pair differs between the two 128-bit halves.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q6k_lanes(blk: &[u8; 210], y: &BlockQ8K) -> __m256i {
+    let x = q6k_values(blk);
+    let sc16 = _mm256_cvtepi8_epi16(load16(sub(blk, 192)));
+    // 32-bit word k (0..8): scales k and k + 8 as its i16 halves.
+    let (first, second) = (_mm256_castsi256_si128(sc16), _mm256_extracti128_si256::<1>(sc16));
+    let words = _mm256_set_m128i(_mm_unpackhi_epi16(first, second), _mm_unpacklo_epi16(first, second));
+    let mut lanes = _mm256_setzero_si256();
+    for i in 0..4 {
+        let run = |i: usize| dot4(x[i], load32_i8(sub_i8(&y.qs, 32 * i)));
+        let both = _mm256_blend_epi16::<0b1010_1010>(run(i), _mm256_slli_epi32::<16>(run(i + 4)));
+        // Groups 2i, 2i + 8 in the low half; 2i + 1, 2i + 9 in the high half.
+        let k = 2 * i as i32;
+        let pair = _mm256_permutexvar_epi32(_mm256_setr_epi32(k, k, k, k, k + 1, k + 1, k + 1, k + 1), words);
+        lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(both, pair));
+    }
+    let offset = _mm256_madd_epi16(load16_i16(&y.bsums), sc16);
+    _mm256_sub_epi32(lanes, _mm256_slli_epi32::<5>(offset))
+}
+
+/// `avx2::vec_dot_q6_k_q8_k` with each block's lanes from [`q6k_lanes`].
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let long = a.len() >= LONG_ROW_BLOCKS;
+    for (blk, y) in w.chunks_exact(210).zip(a) {
+        if long {
+            prefetch_weights(blk);
+        }
+        let d = lane::<3>(f16x4(blk, 202));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(q6k_lanes(sub(blk, 0), y)), acc);
+    }
+    hsum8(acc)
 }
 
 /// Sixteen f16 from `x[at..at + 16]`, as raw bits.
