@@ -510,6 +510,25 @@ pub(super) fn prefetch_weights(blk: &[u8]) {
     }
 }
 
+/// Runs `$body` with each `$bytes`-byte weight block of row `$w` (bound to `$blk` as a
+/// `&[u8; $bytes]`) and its activation block (`$y`), in order, prefetching the weights of rows
+/// of [`LONG_ROW_BLOCKS`] blocks or more ([`prefetch_weights`]): the row loop of the single-row
+/// K-quant kernels, here and in `avx512`.
+macro_rules! for_row_blocks {
+    ($w:expr, $a:expr, $bytes:literal, |$blk:ident, $y:ident| $body:expr) => {{
+        let a = $a;
+        let long = a.len() >= super::avx2::LONG_ROW_BLOCKS;
+        for (blk, $y) in $w.chunks_exact($bytes).zip(a) {
+            if long {
+                super::avx2::prefetch_weights(blk);
+            }
+            let $blk: &[u8; $bytes] = super::avx2::sub(blk, 0);
+            $body;
+        }
+    }};
+}
+pub(super) use for_row_blocks;
+
 /// One Q4_K super-block unpacked: sub-block `j`'s 32 values, its scale in every i16 lane, the
 /// eight mins as i16 pairs (lane `i` pairs with the activations' `bsums[i]`), and `d`, `dmin`.
 struct Q4kBlock {
@@ -563,13 +582,7 @@ fn q4k_fuse(b: &Q4kBlock, y: &BlockQ8K, acc: &mut __m256, acc_min: &mut __m256) 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let long = a.len() >= LONG_ROW_BLOCKS;
-    for (blk, y) in w.chunks_exact(144).zip(a) {
-        if long {
-            prefetch_weights(blk);
-        }
-        q4k_fuse(&q4k_unpack(sub(blk, 0)), y, &mut acc, &mut acc_min);
-    }
+    for_row_blocks!(w, a, 144, |blk, y| q4k_fuse(&q4k_unpack(blk), y, &mut acc, &mut acc_min));
     hsum8(acc) - hsum8(acc_min)
 }
 
@@ -663,13 +676,7 @@ fn q6k_fuse(b: &Q6kBlock, y: &BlockQ8K, acc: &mut __m256) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let long = a.len() >= LONG_ROW_BLOCKS;
-    for (blk, y) in w.chunks_exact(210).zip(a) {
-        if long {
-            prefetch_weights(blk);
-        }
-        q6k_fuse(&q6k_unpack(sub(blk, 0)), y, &mut acc);
-    }
+    for_row_blocks!(w, a, 210, |blk, y| q6k_fuse(&q6k_unpack(blk), y, &mut acc));
     hsum8(acc)
 }
 

@@ -11,10 +11,10 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::avx2::{
-    self, f16_at, f16x4, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4, in_row_groups,
-    iq1_s_sub_block, iq4_nl_values, lane, load16, load16_i16, load32, load32_i8, nibble_blocks_dot_x4,
-    prefetch_weights, q4_0_values, q4_k_rows, q5_k_rows, q6_k_rows, q6k_values, rows_s, split_rows, sub, sub_i8,
-    to_array, LONG_ROW_BLOCKS, ROWS_PER_GROUP,
+    self, f16_at, f16x4, for_row_blocks, fuse4_nibble_blocks, fuse_tail_nibble_blocks, hsum8, hsum_i32, hsum_i32_x4,
+    in_row_groups, iq1_s_sub_block, iq4_nl_values, lane, load16, load16_i16, load32, load32_i8, nibble_blocks_dot_x4,
+    q4_0_values, q4_k_rows, q5_k_rows, q6_k_rows, q6k_values, rows_s, split_rows, sub, sub_i8, to_array,
+    ROWS_PER_GROUP,
 };
 use crate::quant::activation::{BlockQ8K, BlockQ8Kx8, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, BlockQ8_1x8};
 use crate::quant::dot::scales_mins_k4;
@@ -874,16 +874,12 @@ fn q4k_lanes(blk: &[u8; 144], y: &BlockQ8K) -> (__m256i, __m256i) {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let long = a.len() >= LONG_ROW_BLOCKS;
-    for (blk, y) in w.chunks_exact(144).zip(a) {
-        if long {
-            prefetch_weights(blk);
-        }
-        let (lanes, mins) = q4k_lanes(sub(blk, 0), y);
+    for_row_blocks!(w, a, 144, |blk, y| {
+        let (lanes, mins) = q4k_lanes(blk, y);
         let dm = _mm_mul_ps(_mm_set1_ps(y.d), f16x4(blk, 0));
         acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(lanes), acc);
         acc_min = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_cvtepi32_ps(mins), acc_min);
-    }
+    });
     hsum8(acc) - hsum8(acc_min)
 }
 
@@ -920,14 +916,10 @@ fn q6k_lanes(blk: &[u8; 210], y: &BlockQ8K) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn vec_dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let long = a.len() >= LONG_ROW_BLOCKS;
-    for (blk, y) in w.chunks_exact(210).zip(a) {
-        if long {
-            prefetch_weights(blk);
-        }
+    for_row_blocks!(w, a, 210, |blk, y| {
         let d = lane::<3>(f16x4(blk, 202));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(q6k_lanes(sub(blk, 0), y)), acc);
-    }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(q6k_lanes(blk, y)), acc);
+    });
     hsum8(acc)
 }
 
